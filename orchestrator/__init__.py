@@ -1,0 +1,1 @@
+"""Rolling-upgrade orchestrator for OpenStack-shaped clouds."""

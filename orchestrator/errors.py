@@ -1,0 +1,138 @@
+"""The one exception tree of the orchestrator.
+
+Every error carries the fields a caller needs to act on it; only
+`orchestrator.cli.entrypoint` turns them into exit codes and only the HTTP
+layer turns them into status codes, using `exit_code` and `http_status`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with an input, located as precisely as we can.
+
+    `field` is a dotted path into the document (``hosts.cmp-1.roles[0]``);
+    `line` and `column` are 1-based and refer to `file`.
+    """
+
+    message: str
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = self.file
+            if self.line is not None:
+                where += f":{self.line}"
+                if self.column is not None:
+                    where += f":{self.column}"
+            where += ": "
+        field = f"{self.field}: " if self.field else ""
+        return f"{where}{field}{self.message}"
+
+    def to_dict(self) -> dict[str, str | int | None]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "field": self.field,
+            "message": self.message,
+        }
+
+
+class OrchestratorError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    exit_code = 1
+    http_status = 500
+
+
+class InputError(OrchestratorError):
+    """Operator input (YAML, template, option, HTTP body) is invalid.
+
+    Holds every problem found, not just the first, so one run of
+    `orchestrator plan` shows everything to fix.
+    """
+
+    exit_code = 2
+    http_status = 422
+
+    def __init__(self, problems: list[Problem] | Problem) -> None:
+        items = [problems] if isinstance(problems, Problem) else list(problems)
+        # read top-down: by file, then line and column; unlocated ones first
+        self.problems = sorted(items, key=lambda p: (p.file or "", p.line or 0, p.column or 0))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UsageError(OrchestratorError):
+    """The command line itself is wrong (unknown option, missing argument)."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class NotFoundError(OrchestratorError):
+    """A named thing (playbook, upgrade) does not exist."""
+
+    exit_code = 2
+    http_status = 404
+
+
+class ConflictError(OrchestratorError):
+    """The request is valid but the current state forbids it."""
+
+    exit_code = 3
+    http_status = 409
+
+
+class RollbackRefused(ConflictError):
+    """Rollback asked for after the point of no return."""
+
+    def __init__(self, phase: str) -> None:
+        self.phase = phase
+        super().__init__(
+            f"rollback refused: phase '{phase}' is irreversible and has run; "
+            "it is the point of no return"
+        )
+
+
+class InvalidTransition(OrchestratorError):
+    """The engine was asked for a state change its transition table forbids."""
+
+    def __init__(self, what: str, current: str, target: str) -> None:
+        self.what, self.current, self.target = what, current, target
+        super().__init__(f"{what}: transition {current} -> {target} is not allowed")
+
+
+class TransportError(OrchestratorError):
+    """SSH could not connect, or the connection dropped: the command may not have run."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        self.host, self.reason = host, reason
+        super().__init__(f"{host}: {reason}")
+
+
+class HostKeyError(TransportError):
+    """The host presented a key that does not match known_hosts."""
+
+
+class StepFailed(OrchestratorError):
+    """A command ran and did not succeed; carries what it printed."""
+
+    def __init__(
+        self,
+        host: str,
+        step: str,
+        reason: str,
+        exit_status: int | None = None,
+        output: str = "",
+    ) -> None:
+        self.host, self.step, self.reason = host, step, reason
+        self.exit_status, self.output = exit_status, output
+        super().__init__(f"{host}: step {step}: {reason}")
