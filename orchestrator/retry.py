@@ -1,0 +1,68 @@
+"""Every retry policy of the orchestrator, by name, in one place.
+
+Only transport faults are retried: a connection that was refused, reset or
+timed out before anything ran. A command that ran and failed is a result,
+not a fault, and nothing here ever runs it again. `sleep` is injectable so
+tests replace the backoff with a no-op (or with a hook that heals the fault).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from orchestrator.errors import HostKeyError, TransportError
+
+Sleep = Callable[[float], Awaitable[None]]
+
+CONNECT_ATTEMPTS = 5
+CONNECT_DEADLINE = 60.0
+
+_log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
+
+
+def is_transient_transport_fault(exc: BaseException) -> bool:
+    """A fault worth another try: transport trouble, but never a wrong host key.
+
+    A host key mismatch is either an attack or a reinstalled host; waiting
+    does not fix either, and an operator has to look.
+    """
+    return isinstance(exc, TransportError) and not isinstance(exc, HostKeyError)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    _log.warning(
+        "connect failed, retrying",
+        attempt=state.attempt_number,
+        delay=round(delay, 3),
+        error=str(exc),
+    )
+
+
+def connect_policy(sleep: Sleep | None = None) -> AsyncRetrying:
+    """Opening an SSH connection: 5 attempts within 60 s, exponential backoff with jitter.
+
+    Call it as ``await connect_policy()(open_connection, target)``; when the
+    attempts run out it raises `tenacity.RetryError` holding the last
+    attempt, so the caller can say how many attempts were made.
+    """
+    return AsyncRetrying(
+        retry=retry_if_exception(is_transient_transport_fault),
+        stop=stop_after_attempt(CONNECT_ATTEMPTS) | stop_after_delay(CONNECT_DEADLINE),
+        wait=wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=0.5),
+        sleep=sleep if sleep is not None else asyncio.sleep,
+        before_sleep=_log_retry,
+        reraise=False,
+    )

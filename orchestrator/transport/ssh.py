@@ -1,0 +1,497 @@
+"""Commands and files on hosts over SSH: one reused asyncssh connection per host.
+
+What a caller can rely on:
+
+* host keys are checked against the host's known_hosts file (unless the
+  inventory turned that off for a lab); a mismatch is a `HostKeyError` and is
+  never retried;
+* opening a connection is retried by `retry.connect_policy`; a command is
+  never retried: a connection lost while it ran raises `TransportError`
+  saying it may have run;
+* a command over its timeout is killed and comes back with
+  ``timed_out=True``;
+* secrets exist only in the bytes sent to the host: logs show the marker
+  form and outputs and error messages are redacted.
+
+Files go over SFTP on the same connection, and `unix_request` reaches a UNIX
+socket on the host (HAProxy's runtime API) through SSH stream forwarding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import posixpath
+import secrets as token
+import shlex
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import asyncssh
+import structlog
+from tenacity import RetryError
+
+from orchestrator.errors import HostKeyError, TransportError
+from orchestrator.model import HostTarget
+from orchestrator.retry import Sleep, connect_policy
+from orchestrator.secrets import SecretStore
+
+MAX_OUTPUT_CHARS = 64 * 1024
+MAX_OUTPUT_LINES = 200
+READ_CHUNK = 64 * 1024
+# after a kill, how long to wait for the server to confirm the channel closed
+KILL_GRACE = 5.0
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+
+_log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """What a command did. `exit_status` is None when it was killed by a signal or timed out."""
+
+    exit_status: int | None
+    output: str
+    duration: float
+    timed_out: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0 and not self.timed_out
+
+
+class _Permanent(Exception):
+    """Carries a `TransportError` past the connect policy: retrying would not help."""
+
+    def __init__(self, error: TransportError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Tail:
+    """The last lines of a command's output, bounded in lines and characters.
+
+    Lines are redacted before anyone sees them, `on_line` included.
+    """
+
+    __slots__ = ("_chars", "_lines", "_on_line", "_partial", "_redact")
+
+    def __init__(self, on_line: Callable[[str], None] | None, redact: Callable[[str], str]) -> None:
+        self._lines: deque[str] = deque()
+        self._chars = 0
+        self._partial = ""
+        self._on_line = on_line
+        self._redact = redact
+
+    def feed(self, chunk: str) -> None:
+        *complete, self._partial = (self._partial + chunk).split("\n")
+        for line in complete:
+            self._add(line)
+        # a line that goes on and on: only its end can be shown anyway
+        self._partial = self._partial[-MAX_OUTPUT_CHARS:]
+
+    def finish(self) -> str:
+        if self._partial:
+            self._add(self._partial)
+            self._partial = ""
+        # a multi-line secret is only whole in the joined text
+        return self._redact("\n".join(self._lines))
+
+    def _add(self, raw: str) -> None:
+        line = self._redact(raw.removesuffix("\r"))
+        if self._on_line is not None:
+            self._on_line(line)
+        self._lines.append(line)
+        self._chars += len(line) + 1  # with its newline: the joined text is one shorter
+        if len(self._lines) > MAX_OUTPUT_LINES:
+            self._chars -= len(self._lines.popleft()) + 1
+        while (excess := self._chars - (MAX_OUTPUT_CHARS + 1)) > 0:
+            oldest = self._lines[0]
+            if len(oldest) + 1 <= excess and len(self._lines) > 1:
+                self._lines.popleft()
+                self._chars -= len(oldest) + 1
+            else:  # keep the end of a line that does not fit whole
+                self._lines[0] = oldest[excess:]
+                self._chars -= excess
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.Error):
+        return exc.reason or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+# Curve25519 first: the post-quantum hybrids asyncssh prefers by default cost
+# several times more CPU per handshake, which dominates preflight of a large
+# fleet on a small orchestrator host. The rest stay as fallbacks.
+KEX_PREFERENCE = [
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "ecdh-sha2-nistp256",
+    "ecdh-sha2-nistp384",
+    "ecdh-sha2-nistp521",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group14-sha256",
+]
+
+
+# AES-GCM first: hardware-accelerated through `cryptography`, where
+# chacha20-poly1305 costs a Python-level call per packet in asyncssh.
+CIPHER_PREFERENCE = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+]
+
+
+def _known_hosts(target: HostTarget) -> str:
+    return os.path.expanduser(target.known_hosts or DEFAULT_KNOWN_HOSTS)
+
+
+def _sudo(command: str) -> str:
+    return f"sudo -n sh -c {shlex.quote(command)}"
+
+
+class SSHPool:
+    """One lazily opened, shared SSH connection per host; replaced when it drops."""
+
+    def __init__(
+        self,
+        hosts: Sequence[HostTarget],
+        secrets: SecretStore | None = None,
+        *,
+        policy_sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self._targets = {host.name: host for host in hosts}
+        self._secrets = secrets if secrets is not None else SecretStore((), {})
+        self._policy_sleep: Sleep | None = policy_sleep
+        self._conns: dict[str, asyncssh.SSHClientConnection] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def target(self, host: str) -> HostTarget:
+        try:
+            return self._targets[host]
+        except KeyError:
+            raise KeyError(f"host {host!r} is not in this SSH pool") from None
+
+    async def connect(self, host: str) -> None:
+        """Preflight: the host is reachable and presents the key we know, or this raises."""
+        await self._connection(self.target(host))
+
+    async def run(
+        self,
+        host: str,
+        command: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - on expiry: kill, then a result
+        become: bool = False,
+        on_line: Callable[[str], None] | None = None,
+    ) -> CommandResult:
+        """Run `command` (marker form) on `host`; stdout and stderr come back merged."""
+        target = self.target(host)
+        shown, sent = command, self._secrets.substitute(command)
+        if become and target.become == "sudo":
+            shown, sent = _sudo(shown), _sudo(sent)
+        limit = target.command_timeout if timeout is None else timeout
+        log = _log.bind(host=host)
+        conn = await self._connection(target)
+        log.info("command started", command=shown, timeout=limit)
+        started = time.monotonic()
+        try:
+            process = await conn.create_process(
+                sent,
+                stdin=asyncssh.DEVNULL,
+                stderr=asyncssh.STDOUT,
+                encoding="utf-8",
+                errors="replace",
+            )
+        except asyncssh.ChannelOpenError as exc:
+            raise self._error(
+                host, f"could not start {shown!r}: {_describe(exc)}; it did not run"
+            ) from None
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(host, shown, exc) from None
+
+        tail = _Tail(on_line, self._secrets.redact)
+        timed_out = False
+        try:
+            deadline = asyncio.timeout(limit)
+            try:
+                async with deadline:
+                    while chunk := await process.stdout.read(READ_CHUNK):
+                        tail.feed(chunk)
+                    await process.wait_closed()
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                timed_out = True
+                await _kill(process)
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(host, shown, exc) from None
+        finally:
+            process.close()  # a no-op when it ended; kills it on cancellation or a raising on_line
+
+        status = process.exit_status
+        if process.exit_signal is not None or timed_out:
+            status = None
+        if status is None and not timed_out and conn.is_closed():
+            raise self._lost(host, shown, asyncssh.ConnectionLost("connection closed"))
+        result = CommandResult(
+            exit_status=status,
+            output=tail.finish(),
+            duration=time.monotonic() - started,
+            timed_out=timed_out,
+        )
+        log.info(
+            "command finished",
+            command=shown,
+            exit_status=status,
+            signal=process.exit_signal[0] if process.exit_signal else None,
+            timed_out=timed_out,
+            duration=round(result.duration, 3),
+        )
+        return result
+
+    async def read_file(self, host: str, path: str) -> str | None:
+        """The text of a remote file, or None if it does not exist."""
+        conn = await self._connection(self.target(host))
+        try:
+            async with conn.start_sftp_client() as sftp:
+                try:
+                    async with sftp.open(path, "r", encoding="utf-8") as file:
+                        data = await file.read()
+                except asyncssh.SFTPNoSuchFile:
+                    return None
+        except UnicodeDecodeError:
+            # replacing bad bytes would corrupt the file when it is written back
+            raise self._error(host, f"sftp: {path} is not UTF-8 text") from None
+        except asyncssh.SFTPError as exc:
+            raise self._error(host, f"sftp: cannot read {path}: {_describe(exc)}") from None
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(host, f"read {path}", exc) from None
+        return data if isinstance(data, str) else data.decode("utf-8", "replace")
+
+    async def write_file(self, host: str, path: str, text: str) -> None:
+        """Replace a remote file atomically (temporary file, then posix-rename).
+
+        Parent directories are created; an existing file keeps its permissions.
+        """
+        conn = await self._connection(self.target(host))
+        parent, name = posixpath.split(path)
+        temporary = posixpath.join(parent, f".{name}.{token.token_hex(4)}.tmp")
+        try:
+            async with conn.start_sftp_client() as sftp:
+                if parent:
+                    await sftp.makedirs(parent, exist_ok=True)
+                mode: int | None = None
+                with suppress(asyncssh.SFTPNoSuchFile):
+                    mode = (await sftp.stat(path)).permissions
+                try:
+                    async with sftp.open(temporary, "w", encoding="utf-8") as file:
+                        await file.write(text)
+                    if mode is not None:
+                        await sftp.chmod(temporary, mode & 0o7777)
+                    await sftp.posix_rename(temporary, path)
+                except asyncssh.SFTPError:
+                    with suppress(asyncssh.SFTPError):
+                        await sftp.remove(temporary)
+                    raise
+        except asyncssh.SFTPError as exc:
+            raise self._error(host, f"sftp: cannot write {path}: {_describe(exc)}") from None
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(host, f"write {path}", exc) from None
+        _log.info("file written", host=host, path=path, chars=len(text))
+
+    async def remove_file(self, host: str, path: str) -> None:
+        """Remove a remote file; one that is already gone is fine."""
+        conn = await self._connection(self.target(host))
+        try:
+            async with conn.start_sftp_client() as sftp:
+                with suppress(asyncssh.SFTPNoSuchFile):
+                    await sftp.remove(path)
+        except asyncssh.SFTPError as exc:
+            raise self._error(host, f"sftp: cannot remove {path}: {_describe(exc)}") from None
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(host, f"remove {path}", exc) from None
+        _log.info("file removed", host=host, path=path)
+
+    async def unix_request(
+        self,
+        host: str,
+        path: str,
+        request: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - same contract as `run`
+    ) -> str:
+        """Send one request to a UNIX socket on the host and return the whole reply.
+
+        The HAProxy runtime API way (``echo "show stat" | socat stdio SOCKET``):
+        one line out, end of input, read until the server closes.
+        """
+        target = self.target(host)
+        limit = target.command_timeout if timeout is None else timeout
+        conn = await self._connection(target)
+        try:
+            reader, writer = await conn.open_unix_connection(path, encoding="utf-8")
+        except asyncssh.ChannelOpenError as exc:
+            raise self._error(host, f"cannot open socket {path}: {_describe(exc)}") from None
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(host, f"open {path}", exc) from None
+        try:
+            async with asyncio.timeout(limit):
+                writer.write(request.rstrip("\n") + "\n")
+                writer.write_eof()
+                reply: str = await reader.read()
+        except TimeoutError:
+            raise self._error(host, f"socket {path}: no reply within {limit:g} s") from None
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(host, f"request to {path}", exc) from None
+        finally:
+            writer.close()
+        _log.info("socket request", host=host, path=path, request=self._secrets.redact(request))
+        return self._secrets.redact(reply)
+
+    async def close(self) -> None:
+        conns = list(self._conns.values())
+        self._conns.clear()
+        for conn in conns:
+            conn.close()
+        for conn in conns:
+            await conn.wait_closed()
+
+    # --- connections ---------------------------------------------------------
+
+    async def _connection(self, target: HostTarget) -> asyncssh.SSHClientConnection:
+        conn = self._conns.get(target.name)
+        if conn is not None and not conn.is_closed():
+            return conn
+        async with self._locks.setdefault(target.name, asyncio.Lock()):
+            conn = self._conns.get(target.name)
+            if conn is not None and not conn.is_closed():
+                return conn  # another task connected while we waited
+            self._conns.pop(target.name, None)
+            conn = await self._connect(target)
+            self._conns[target.name] = conn
+            return conn
+
+    async def _connect(self, target: HostTarget) -> asyncssh.SSHClientConnection:
+        where = f"{target.address}:{target.port}"
+        options = self._options(target, where)
+        log = _log.bind(host=target.name)
+        try:
+            conn: asyncssh.SSHClientConnection = await connect_policy(self._policy_sleep)(
+                self._open, target, where, options
+            )
+        except _Permanent as exc:
+            raise exc.error from None
+        except RetryError as exc:
+            attempt = exc.last_attempt
+            cause = attempt.exception()
+            reason = cause.reason if isinstance(cause, TransportError) else str(cause)
+            log.error("connect failed", address=where, attempts=attempt.attempt_number)
+            raise TransportError(
+                target.name, f"gave up after {attempt.attempt_number} attempts: {reason}"
+            ) from cause
+        log.info("connected", address=where, host_key_verified=target.verify_host_keys)
+        return conn
+
+    def _options(self, target: HostTarget, where: str) -> asyncssh.SSHClientConnectionOptions:
+        """Read the key and known_hosts once, outside the retries: a bad file is not transient."""
+        known_hosts: asyncssh.SSHKnownHosts | None = None
+        if target.verify_host_keys:
+            path = _known_hosts(target)
+            try:
+                known_hosts = asyncssh.read_known_hosts(path)
+            except (OSError, ValueError) as exc:
+                raise HostKeyError(
+                    target.name, f"{where}: cannot read known_hosts {path}: {_describe(exc)}"
+                ) from None
+        client_keys: list[asyncssh.SSHKey] | None = None
+        if target.key is not None:
+            key = os.path.expanduser(target.key)
+            try:
+                client_keys = [asyncssh.read_private_key(key)]
+            except (OSError, asyncssh.KeyImportError) as exc:
+                raise TransportError(
+                    target.name, f"cannot read SSH key {key}: {_describe(exc)}"
+                ) from None
+        extra: dict[str, object] = {}
+        if client_keys is not None:
+            extra = {"client_keys": client_keys, "agent_path": None}
+        return asyncssh.SSHClientConnectionOptions(
+            username=target.user,
+            known_hosts=known_hosts,
+            connect_timeout=target.connect_timeout,
+            login_timeout=target.connect_timeout,
+            keepalive_interval=target.keepalive_interval,
+            config=[],
+            kex_algs=KEX_PREFERENCE,
+            encryption_algs=CIPHER_PREFERENCE,
+            **extra,
+        )
+
+    async def _open(
+        self, target: HostTarget, where: str, options: asyncssh.SSHClientConnectionOptions
+    ) -> asyncssh.SSHClientConnection:
+        """One connection attempt; raises `TransportError` for the policy to judge."""
+        try:
+            return await asyncssh.connect(target.address, target.port, options=options)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise HostKeyError(
+                target.name,
+                f"{where}: host key does not match known_hosts {_known_hosts(target)} "
+                f"({_describe(exc)}); "
+                "if the host was reinstalled, update known_hosts after checking its key",
+            ) from None
+        except asyncssh.PermissionDenied as exc:
+            raise _Permanent(
+                TransportError(
+                    target.name,
+                    f"{where}: authentication as {target.user!r} failed: {_describe(exc)}",
+                )
+            ) from None
+        except TimeoutError:
+            raise TransportError(
+                target.name, f"{where}: connect timed out after {target.connect_timeout:g} s"
+            ) from None
+        except (asyncssh.Error, OSError) as exc:
+            raise TransportError(target.name, f"{where}: {_describe(exc)}") from None
+
+    def _lost(self, host: str, what: str, exc: BaseException) -> TransportError:
+        """A fault on a channel; the connection is replaced next time if it is closed."""
+        _log.warning("connection lost", host=host, during=what, error=_describe(exc))
+        return self._error(
+            host,
+            f"connection lost during {what!r}: {_describe(exc)}; it may have run on the host",
+        )
+
+    def _error(self, host: str, reason: str) -> TransportError:
+        return TransportError(host, self._secrets.redact(reason))
+
+
+async def _kill(process: asyncssh.SSHClientProcess[str]) -> None:
+    """Stop a command that ran out of time: signal it, then close its channel."""
+    with suppress(OSError, asyncssh.Error):
+        process.send_signal("KILL")
+    process.close()
+    with suppress(TimeoutError):
+        async with asyncio.timeout(KILL_GRACE):
+            await process.wait_closed()
