@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from orchestrator.errors import InputError, Problem
-from orchestrator.fields import STRICT, Duration
+from orchestrator.fields import STRICT, Duration, FieldProblem
 from orchestrator.source import Document, load_file, load_text, suggest, validate
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -188,7 +188,9 @@ class Inventory(BaseModel):
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:
             if not NAME.match(name):
-                raise ValueError(f"'{name}' is not a valid name (letters, digits, '.', '_', '-')")
+                raise FieldProblem(
+                    name, f"'{name}' is not a valid name (letters, digits, '.', '_', '-')"
+                )
         return value
 
     def role_hosts(self, role: str) -> list[str]:
@@ -275,4 +277,14 @@ def check_inventory(inv: Inventory, doc: Document) -> list[Problem]:
             problems.append(
                 doc.problem(("vars", key), f"'{key}' is reserved for the template context")
             )
+    for name, host in inv.hosts.items():
+        # host vars override every other variable, so from_version is taken too
+        for key in host.vars:
+            if key in RESERVED_VARS or key == "from_version":
+                problems.append(
+                    doc.problem(
+                        ("hosts", name, "vars", key),
+                        f"'{key}' is reserved for the template context",
+                    )
+                )
     return problems

@@ -289,13 +289,14 @@ class _Compiler:
             if phase.host is not None:
                 host = inventory.hosts.get(phase.host)
                 if host is None or role not in host.roles:
-                    why = "unknown host" if host is None else f"host without role '{role}':"
+                    what = (
+                        f"unknown host '{phase.host}'"
+                        if host is None
+                        else f"host '{phase.host}' does not have role '{role}'"
+                    )
                     candidates = inventory.role_hosts(role)
                     problems.append(
-                        doc.problem(
-                            (*where, "host"),
-                            f"{why} '{phase.host}'{suggest(phase.host, candidates)}",
-                        )
+                        doc.problem((*where, "host"), f"{what}{suggest(phase.host, candidates)}")
                     )
                     return None
                 name = phase.host
@@ -327,6 +328,9 @@ class _Compiler:
         ) == "sudo"
         for role in roles:
             rctx = {**ctx, "role": role, "phase": phase.name}
+            # a host with several of the phase's roles runs each role's steps,
+            # but a step that renders the same for a later role is not repeated
+            earlier_steps, earlier_cleanup = list(steps), list(cleanup)
             for j, spec in enumerate(phase.steps):
                 step = _step(
                     spec,
@@ -337,7 +341,7 @@ class _Compiler:
                     inventory=inventory,
                     become=become,
                 )
-                if not any(_same(step, s) for s in steps):
+                if not any(_same(step, s) for s in earlier_steps):
                     steps.append(step)
             for j, spec in enumerate(phase.cleanup):
                 step = _step(
@@ -349,7 +353,7 @@ class _Compiler:
                     inventory=inventory,
                     become=become,
                 )
-                if not any(_same(step, s) for s in cleanup):
+                if not any(_same(step, s) for s in earlier_cleanup):
                     cleanup.append(step)
             role_spec = inventory.roles.get(role)
             if role_spec is None:
@@ -397,20 +401,18 @@ class _Compiler:
         inventory, contexts, groups = self.inventory, self.contexts, self.groups
         inv_render, pb_render = self.inv_render, self.pb_render
         if gate.all_at_target:
+            # the roles this playbook upgrades (its rolling phases), else every role it touches
+            phases = self.playbook.phases
+            upgraded = [r for p in phases if p.kind == "rolling" for r in p.roles]
+            wanted = list(dict.fromkeys(upgraded or [r for p in phases for r in p.roles]))
             probes: list[tuple[str, model.VersionProbe]] = []
             for name, host in inventory.hosts.items():
-                for role in host.roles:
+                for role in wanted:
                     spec = inventory.roles.get(role)
-                    if spec is not None and spec.version is not None:
+                    if role in host.roles and spec is not None and spec.version is not None:
                         ctx = {**contexts[name], "role": role, "phase": phase.name}
-                        probes.append(
-                            (
-                                name,
-                                _probe(
-                                    spec.version, ctx, ("roles", role, "version"), name, inv_render
-                                ),
-                            )
-                        )
+                        path: PathKey = ("roles", role, "version")
+                        probes.append((name, _probe(spec.version, ctx, path, name, inv_render)))
                         break
             return model.Gate(kind="all_at_target", probes=tuple(probes))
         role = gate.on or phase.roles[0]
@@ -438,8 +440,11 @@ def _stem(name: str) -> str:
 def _versions(
     inventory: Inventory, doc: Document, options: Options, problems: list[Problem]
 ) -> tuple[str, str]:
+    """Both versions, checked together so one run reports every fault in them."""
     to_v = options.to_version
     from_v = options.from_version
+    at_inventory = ("vars", "from_version")
+    texts: list[tuple[str, str]] = [("to_version", to_v)]
     if from_v is None:
         default = inventory.vars.get("from_version")
         if default is None:
@@ -449,27 +454,40 @@ def _versions(
                     message=f"no from-version: pass --from or set vars.from_version in {doc.name}",
                 )
             )
-            return "", to_v
-        if not isinstance(default, str):
+        elif not isinstance(default, str):
+            written = doc.texts.get(at_inventory, str(default))
             problems.append(
-                doc.problem(("vars", "from_version"), f'quote the version: "{default}"')
+                doc.problem(
+                    at_inventory,
+                    f"YAML read {written} as the number {default!r}, not a version; "
+                    f'quote it: "{written}"',
+                )
             )
-            return "", to_v
-        from_v = default
+        else:
+            from_v = default
+    if from_v is not None:
+        texts.insert(0, ("from_version", from_v))
+
+    def problem(label: str, message: str) -> Problem:
+        # a from-version taken from the inventory is located there
+        if label == "from_version" and options.from_version is None:
+            return doc.problem(at_inventory, message)
+        return Problem(field=label, message=message)
+
     parsed: list[Version] = []
-    for label, text in (("from_version", from_v), ("to_version", to_v)):
+    for label, text in texts:
         try:
             parsed.append(check_version(text))
         except ValueError as exc:
-            problems.append(Problem(field=label, message=str(exc)))
+            problems.append(problem(label, str(exc)))
     if len(parsed) == 2 and parsed[1] <= parsed[0]:
         problems.append(
-            Problem(
-                field="to_version",
-                message=f"{from_v} -> {to_v} is not an upgrade: the target must be newer",
+            problem(
+                "from_version" if options.from_version is None else "to_version",
+                f"{from_v} -> {to_v} is not an upgrade: the target must be newer",
             )
         )
-    return from_v, to_v
+    return from_v or "", to_v
 
 
 def _target(inventory: Inventory, name: str) -> model.HostTarget:

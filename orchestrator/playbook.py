@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from orchestrator.errors import InputError, NotFoundError, Problem
-from orchestrator.fields import STRICT, Duration, parse_size
-from orchestrator.inventory import NAME
+from orchestrator.fields import STRICT, Duration, FieldProblem, parse_size
+from orchestrator.inventory import NAME, RESERVED_VARS
 from orchestrator.source import Document, load_file, load_text, suggest, validate
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -75,8 +75,11 @@ class Step(BaseModel):
             raise ValueError("'ok_exit', 'repeat_while_exit' and 'check' apply to 'run' steps")
         if self.config is not None and self.undo is not None:
             raise ValueError("a 'config' step is undone automatically; remove 'undo'")
-        if overlap := set(self.ok_exit) & set(self.repeat_while_exit):
-            raise ValueError(f"exit status {sorted(overlap)} is both ok and repeat")
+        if overlap := sorted(set(self.ok_exit) & set(self.repeat_while_exit)):
+            raise ValueError(
+                f"exit status {', '.join(map(str, overlap))} is in both 'ok_exit' "
+                "and 'repeat_while_exit'"
+            )
         return self
 
 
@@ -179,16 +182,17 @@ class Phase(BaseModel):
             got = f", got {', '.join(given)}" if given else ""
             raise ValueError(f"a phase is exactly one of 'once', 'all', 'rolling'{got}")
         if self.host is not None and self.once is None:
-            raise ValueError("'host' only applies to a 'once' phase")
+            raise FieldProblem("host", "'host' only applies to a 'once' phase")
         if self.once is not None and self.batch is not None:
-            raise ValueError("a 'once' phase runs on one host; 'batch' does not apply")
+            raise FieldProblem("batch", "a 'once' phase runs on one host; 'batch' does not apply")
         if self.all is not None and not self.all:
-            raise ValueError("'all' needs at least one role")
+            raise FieldProblem("all", "'all' needs at least one role")
         if isinstance(self.max_unavailable, dict):
             extra = sorted(set(self.max_unavailable) - set(self.roles))
             if extra:
-                raise ValueError(
-                    f"max_unavailable names role '{extra[0]}', which this phase does not touch"
+                raise FieldProblem(
+                    ("max_unavailable", extra[0]),
+                    f"max_unavailable names role '{extra[0]}', which this phase does not touch",
                 )
         return self
 
@@ -287,5 +291,12 @@ def check_playbook(playbook: Playbook, doc: Document) -> list[Problem]:
                     f"phase '{phase.name}' is irreversible but has no gate before it; "
                     "add 'gate: all_at_target' (and 'approve: true')",
                 )
+            )
+    for key in playbook.vars:
+        # the inventory's vars.from_version is the default for --from; here
+        # it would be silently replaced by the version being upgraded from
+        if key in RESERVED_VARS or key == "from_version":
+            problems.append(
+                doc.problem(("vars", key), f"'{key}' is reserved for the template context")
             )
     return problems

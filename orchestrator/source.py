@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import InputError, Problem
+from orchestrator.fields import FieldProblem
 
 PathKey = tuple[str | int, ...]
 
@@ -37,6 +38,9 @@ class Document:
     positions: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
     # problems found while loading that do not stop validation (duplicate keys)
     problems: list[Problem] = field(default_factory=list)
+    # the text as written of scalars YAML did not read as strings: 2025.10
+    # becomes the float 2025.1, and a message must quote what the operator wrote
+    texts: dict[PathKey, str] = field(default_factory=dict)
 
     def locate(self, path: Sequence[str | int]) -> tuple[int | None, int | None]:
         """Position of `path`, or of its nearest ancestor that exists."""
@@ -88,9 +92,15 @@ def load_text(text: str, name: str) -> Document:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         context = exc.context or ""
-        if context and exc.context_mark is not None and exc.context_mark is not mark:
+        if (
+            context
+            and exc.context_mark is not None
+            and mark is not None
+            and exc.context_mark.line != mark.line
+        ):
             context += f" (started on line {exc.context_mark.line + 1})"
         reason = ": ".join(x for x in (context, exc.problem) if x) or "invalid YAML"
+        reason += _syntax_hint(text, exc)
         raise InputError(
             Problem(
                 file=name,
@@ -142,7 +152,30 @@ def _build(node: yaml.Node, path: PathKey, doc: Document, problems: list[Problem
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, (*path, i), doc, problems) for i, item in enumerate(node.value)]
-    return _constructor.construct_object(node, deep=True)
+    value = _constructor.construct_object(node, deep=True)
+    if value is not None and not isinstance(value, str):
+        doc.texts[path] = str(node.value)
+    return value
+
+
+def _syntax_hint(text: str, exc: yaml.MarkedYAMLError) -> str:
+    """A likely cause of the YAML errors operators make most, which the
+    parser's own words do not name."""
+    mark = exc.problem_mark
+    if mark is None:
+        return ""
+    if text[mark.index : mark.index + 1] == "\t":
+        return " (a tab: YAML indents with spaces only)"
+    if "mapping values are not allowed" in (exc.problem or ""):
+        return " (is this line indented too deep, or does an unquoted value contain ': '?)"
+    if "quoted scalar" in (exc.context or ""):
+        return ""  # the parser already says which quote is open
+    lines = text.splitlines()
+    first = exc.context_mark.line if exc.context_mark is not None else mark.line - 1
+    for n in range(min(mark.line, len(lines)) - 1, max(first, 0) - 1, -1):
+        if lines[n].replace('\\"', "").count('"') % 2:
+            return f" (is the quote opened on line {n + 1} closed?)"
+    return ""
 
 
 def _build_scalar_key(
@@ -203,6 +236,14 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
+def _shown(value: Any, path: PathKey, doc: Document) -> str:
+    """`_describe`, plus what was written when YAML read it as something else."""
+    written = doc.texts.get(path)
+    if isinstance(value, bool) and written is not None and written.lower() not in ("true", "false"):
+        return f"{written} (YAML reads it as {str(value).lower()})"
+    return _describe(value)
+
+
 def validate(model: type[BaseModel], doc: Document, context: dict[str, Any] | None = None) -> Any:
     """Validate `doc` against `model`; every pydantic error becomes a located Problem."""
     try:
@@ -217,9 +258,19 @@ def validate(model: type[BaseModel], doc: Document, context: dict[str, Any] | No
 def problems_from(exc: ValidationError, doc: Document, model: type[BaseModel]) -> list[Problem]:
     problems: list[Problem] = []
     seen: set[tuple[PathKey, str]] = set()
-    for err in exc.errors(include_url=False):
-        path: PathKey = tuple(p for p in err["loc"] if not _is_union_tag(p))
-        kind = err["type"]
+    errors = [(_path(err, doc.data), err) for err in exc.errors(include_url=False)]
+    # A value that fits no member of a union gets one error per member: say
+    # "expected an integer, a string or a list" once. When one member got
+    # further (a mapping with a misspelt key), its errors are the useful ones.
+    deeper = {path[:n] for path, _ in errors for n in range(len(path))}
+    expected: dict[PathKey, list[str]] = {}
+    for path, err in errors:
+        if err["type"] in _TYPE_NAMES and _TYPE_NAMES[err["type"]] not in expected.get(path, []):
+            expected.setdefault(path, []).append(_TYPE_NAMES[err["type"]])
+    for path, err in errors:
+        kind, ctx = err["type"], err.get("ctx", {})
+        if kind in _TYPE_NAMES and path in deeper:
+            continue
         if kind == "extra_forbidden":
             name = str(path[-1])
             allowed = _allowed_fields(model, path[:-1], doc)
@@ -228,14 +279,22 @@ def problems_from(exc: ValidationError, doc: Document, model: type[BaseModel]) -
             message = f"missing required field '{path[-1]}'"
             # point at the mapping that lacks it, not at the absent key
         elif kind in _TYPE_NAMES:
-            message = f"expected {_TYPE_NAMES[kind]}, got {_describe(err.get('input'))}"
+            *others, last = expected[path]
+            wanted = f"{', '.join(others)} or {last}" if others else last
+            message = f"expected {wanted}, got {_shown(err.get('input'), path, doc)}"
+        elif kind in ("too_short", "string_too_short") and ctx.get("min_length") == 1:
+            message = "must not be empty"
+        elif kind == "greater_than_equal":
+            message = f"must be at least {ctx.get('ge')}, got {err.get('input')!r}"
+        elif kind == "less_than_equal":
+            message = f"must be at most {ctx.get('le')}, got {err.get('input')!r}"
         elif kind in ("value_error", "assertion_error"):
             message = (
                 str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
             )
         elif kind == "literal_error":
-            expected = err.get("ctx", {}).get("expected", "")
-            message = f"must be one of {expected}, got {_describe(err.get('input'))}"
+            choices = ctx.get("expected", "")
+            message = f"must be one of {choices}, got {_shown(err.get('input'), path, doc)}"
         else:
             message = str(err["msg"])
         if (path, message) in seen:
@@ -243,6 +302,31 @@ def problems_from(exc: ValidationError, doc: Document, model: type[BaseModel]) -
         seen.add((path, message))
         problems.append(doc.problem(path, message))
     return problems
+
+
+def _path(err: Any, data: Any) -> PathKey:
+    """The error's location in the document, without the names pydantic puts
+    into `loc` for union members ("int", "UndoStep", "function-after[...]").
+
+    A name is kept when the input at that point is a mapping holding it, or
+    when it is the required field an error says is missing. A FieldProblem
+    adds the field of the validated model it is about.
+    """
+    loc = err["loc"]
+    path: list[str | int] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            path.append(part)
+            data = data[part] if isinstance(data, list) and 0 <= part < len(data) else data
+        elif isinstance(data, dict) and part in data and not _is_union_tag(part):
+            path.append(part)
+            data = data[part]
+        elif i == len(loc) - 1 and err["type"] == "missing":
+            path.append(part)
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, FieldProblem):
+        path.extend(cause.at)
+    return tuple(path)
 
 
 def _is_union_tag(part: Any) -> bool:

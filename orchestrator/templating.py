@@ -49,6 +49,8 @@ class _StrictUndefined(jinja2.StrictUndefined):
         obj, name = self._undefined_obj, self._undefined_name
         if isinstance(obj, Namespace) and isinstance(name, str):
             return f"'{obj.label}' has no field '{name}'{suggest(name, obj)}"
+        if isinstance(obj, Secrets) and isinstance(name, str):
+            return f"no secret '{name}' in the inventory's secrets{suggest(name, obj)}"
         return str(super()._undefined_message)
 
 

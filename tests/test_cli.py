@@ -1,0 +1,125 @@
+"""The command line: exit codes, output formats, error reporting."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestrator import model
+from orchestrator.cli import main
+
+NOVA = ["plan", "-i", "inventory.example.yaml", "-p", "nova", "--to", "2026.1"]
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_plan_prints_the_tree(repo_root: Path) -> None:
+    code, out, err = _run(NOVA)
+
+    assert (code, err) == (0, "")
+    assert out.startswith("Plan nova: 2025.2 -> 2026.1 on example-cloud (13 hosts, 10 phases)\n")
+    assert "point of no return: phase 'contract-db'" in out
+
+
+def test_plan_json_parses_and_carries_its_digest(repo_root: Path) -> None:
+    code, out, err = _run([*NOVA, "--json"])
+
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert len(data["digest"]) == 64
+    assert model.from_data(data).digest == data["digest"]
+    # the tree shows the same digest
+    _, tree, _ = _run(NOVA)
+    assert f"digest   {data['digest']}\n" in tree
+
+
+def test_on_failure_and_from_options(repo_root: Path) -> None:
+    code, out, _ = _run([*NOVA, "--json", "--on-failure", "pause", "--from", "2025.1"])
+
+    assert code == 0
+    data = json.loads(out)
+    assert (data["on_failure"], data["from_version"]) == ("pause", "2025.1")
+
+
+def test_unknown_playbook_name_suggests_and_exits_2(repo_root: Path) -> None:
+    code, out, err = _run(["plan", "-i", "inventory.example.yaml", "-p", "nvoa", "--to", "2026.1"])
+
+    assert (code, out) == (2, "")
+    assert err.startswith("error: no playbook file 'nvoa'")
+    assert "(did you mean 'nova'?)" in err
+
+
+def test_usage_errors_exit_2(repo_root: Path) -> None:
+    code, out, err = _run(["plan", "-i", "inventory.example.yaml", "-p", "nova"])
+    assert (code, out) == (2, "")
+    assert "usage: orchestrator plan" in err
+    assert "--to" in err
+
+    assert _run([])[0] == 2
+    assert _run(["frobnicate"])[0] == 2
+    assert _run([*NOVA, "--on-failure", "panic"])[0] == 2
+
+
+def test_input_errors_from_both_files_are_reported_together(tmp_path: Path) -> None:
+    inventory = tmp_path / "inv.yaml"
+    inventory.write_text("hosts:\n  cmp-1: {address: 10.0.1.1, rolls: [compute]}\n")
+    playbook = tmp_path / "pb.yaml"
+    playbook.write_text("name: x\nphases:\n  - {name: a, once: c, stesp: [{run: x}]}\n")
+
+    code, out, err = _run(["plan", "-i", str(inventory), "-p", str(playbook), "--to", "2.0"])
+
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"error: {inventory}:2:30: hosts.cmp-1.rolls: unknown field 'rolls' "
+        "(did you mean 'roles'?)",
+        f"error: {playbook}:3:5: phases[0].steps: missing required field 'steps'",
+        f"error: {playbook}:3:24: phases[0].stesp: unknown field 'stesp' (did you mean 'steps'?)",
+    ]
+
+
+def test_compile_errors_exit_2(repo_root: Path) -> None:
+    code, out, err = _run(["plan", "-i", "inventory.example.yaml", "-p", "nova", "--to", "2025.1"])
+
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: inventory.example.yaml:25:3: vars.from_version: 2025.2 -> 2025.1 is not an "
+        "upgrade: the target must be newer\n"
+    )
+
+
+def test_entrypoint_exit_codes(repo_root: Path) -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *NOVA],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "plan",
+            "-i",
+            "missing.yaml",
+            "-p",
+            "nova",
+            "--to",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert ok.returncode == 0
+    assert ok.stdout.startswith("Plan nova:")
+    assert bad.returncode == 2
+    assert bad.stderr == "error: missing.yaml: file not found\n"
