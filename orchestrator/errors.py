@@ -136,3 +136,7 @@ class StepFailed(OrchestratorError):
         self.host, self.step, self.reason = host, step, reason
         self.exit_status, self.output = exit_status, output
         super().__init__(f"{host}: step {step}: {reason}")
+
+
+class StoreError(OrchestratorError):
+    """The journal could not be read or written (disk full, I/O error, closed, bad schema)."""
