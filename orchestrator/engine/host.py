@@ -1,0 +1,384 @@
+"""The host procedure: drain -> steps -> health -> undrain, and its undo.
+
+Every side effect is journaled before it starts and after it ends, so a
+daemon killed at any point resumes from what the journal says: a step left
+`running` is re-checked through its `check`, re-run when idempotent, or the
+upgrade pauses and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+from orchestrator import model
+from orchestrator.actions.config import apply_config, read_previous
+from orchestrator.actions.drain import DrainError
+from orchestrator.actions.run import run_action
+from orchestrator.engine.states import HostState, StepState, UpgradeState
+from orchestrator.errors import OrchestratorError, StepFailed, TransportError
+
+if TYPE_CHECKING:
+    from orchestrator.engine.runner import Engine
+
+log = structlog.get_logger("orchestrator.engine")
+
+
+class Stop(Exception):
+    """Raised at a checkpoint when the upgrade is aborting or rolling back."""
+
+
+class Suspend(Exception):
+    """Raised at a checkpoint when the daemon shuts down: stop where we are,
+    change nothing; the journal lets the next daemon continue from here."""
+
+
+HOST_FAULTS = (StepFailed, DrainError, TransportError)
+
+
+class HostRunner:
+    def __init__(self, engine: Engine, phase: model.Phase, plan: model.HostPlan) -> None:
+        self.engine = engine
+        self.phase = phase
+        self.plan = plan
+        self.view = engine.view.phase(phase.name).host(plan.host)
+
+    @property
+    def name(self) -> str:
+        return self.plan.host
+
+    async def set(self, state: HostState, error: str | None = None) -> None:
+        await self.engine.set_host(self.phase.name, self.name, state, error)
+
+    async def run(self) -> bool | None:
+        """True when the host ended done or skipped; False when it failed (and
+        was rolled back); None when it stopped because the upgrade is aborting
+        or rolling back (its current step finished, then it was rolled back)."""
+        view = self.view
+        if view.state in (HostState.DONE, HostState.SKIPPED):
+            return True
+        if view.state in (HostState.FAILED, HostState.ROLLED_BACK):
+            await self.set(HostState.PENDING)
+        with structlog.contextvars.bound_contextvars(phase=self.phase.name, host=self.name):
+            try:
+                await self.engine.checkpoint()
+                if view.state is HostState.PENDING and self.engine.at_target(self.name, self.plan):
+                    await self.set(HostState.SKIPPED, "already at the target version")
+                    return True
+                await self._forward()
+                return True
+            except Suspend:
+                return None
+            except Stop:
+                if self.view.state is not HostState.PENDING:
+                    await self._fail("stopped: the upgrade is " + self.engine.view.state.label)
+                return None
+            except HOST_FAULTS as exc:
+                log.warning("host failed", error=str(exc))
+                await self._fail(str(exc))
+                return False
+            finally:
+                await self._cleanup()
+
+    async def _forward(self) -> None:
+        view, engine = self.view, self.engine
+        if self.plan.drains and view.state in (HostState.PENDING, HostState.DRAINING):
+            if view.state is HostState.PENDING:
+                await self.set(HostState.DRAINING)
+            for index, drain in enumerate(self.plan.drains):
+                await engine.emit(
+                    "drain",
+                    phase=self.phase.name,
+                    host=self.name,
+                    action="drain",
+                    stage="start",
+                    index=index,
+                )
+                detail = await engine.drainer.drain(self.name, drain)
+                await engine.emit(
+                    "drain",
+                    phase=self.phase.name,
+                    host=self.name,
+                    action="drain",
+                    stage="done",
+                    index=index,
+                    detail=detail,
+                )
+        if view.state in (HostState.PENDING, HostState.DRAINING):
+            await self.set(HostState.UPGRADING)
+        if view.state is HostState.UPGRADING:
+            for step in self.plan.steps:
+                await engine.checkpoint()
+                await self._step(step)
+            if self.plan.health is not None or self.plan.version is not None:
+                await self.set(HostState.CHECKING)
+        if view.state is HostState.CHECKING:
+            await self._health()
+            await self.set(HostState.UNDRAINING if self.plan.drains else HostState.DONE)
+        if view.state is HostState.UNDRAINING or (
+            view.state is HostState.UPGRADING and self.plan.drains
+        ):
+            if view.state is HostState.UPGRADING:
+                await self.set(HostState.UNDRAINING)
+            await self._undrain()
+            await self.set(HostState.DONE)
+        elif view.state is HostState.UPGRADING:
+            await self.set(HostState.DONE)
+
+    async def _health(self) -> None:
+        engine = self.engine
+
+        async def report(result: object) -> None:
+            engine.metrics_health_failure(self.phase.name, self.name)
+
+        result = await engine.checker.until_healthy(
+            self.name,
+            self.plan.health,
+            version=self.plan.version,
+            target=engine.plan.to_version,
+            sleep=engine.sleep,
+            on_result=report,
+        )
+        await engine.emit(
+            "health", phase=self.phase.name, host=self.name, ok=result.ok, detail=result.detail
+        )
+        if not result.ok:
+            raise StepFailed(self.name, "health", result.detail)
+
+    async def _step(self, step: model.Step) -> None:
+        view = self.view.steps.get(step.id)
+        if view is not None and view.state is StepState.DONE:
+            return
+        with structlog.contextvars.bound_contextvars(step=step.id):
+            in_flight = view is not None and view.state is StepState.RUNNING
+            if in_flight and await self._already_done(step):
+                return
+            await self._execute(step)
+
+    async def _already_done(self, step: model.Step) -> bool:
+        """A step was in flight when the daemon stopped: decide, never guess."""
+        engine = self.engine
+        if step.check is not None:
+            result = await engine.remote.run(self.name, step.check, become=step.become)
+            if result.exit_status == 0:
+                await engine.emit(
+                    "step",
+                    phase=self.phase.name,
+                    host=self.name,
+                    step=step.id,
+                    state="done",
+                    via="check",
+                    output=result.output,
+                )
+                return True
+            return False
+        if step.idempotent:
+            return False
+        await engine.pause_for(
+            f"step {step.id} was running on {self.name} when the daemon stopped; it has no "
+            "'check' and is not idempotent: verify it by hand, then resume to run it again"
+        )
+        await engine.checkpoint()
+        return False
+
+    async def _execute(self, step: model.Step) -> None:
+        engine, action = self.engine, step.action
+        base = {"phase": self.phase.name, "host": self.name, "step": step.id}
+        if isinstance(action, model.ConfigAction):
+            view = self.view.steps.get(step.id)
+            if view is not None and view.had_previous:
+                previous = view.previous
+            else:
+                previous = engine.secrets.remarker(
+                    await read_previous(engine.remote, self.name, action)
+                )
+            await engine.emit("step", **base, state="running", previous=previous)
+            value = (
+                None
+                if action.value is None
+                else engine.secrets.substitute(action.value, shell=False)
+            )
+            changed = await apply_config(engine.remote, self.name, action, value)
+            await engine.emit(
+                "step", **base, state="done", output="changed" if changed else "unchanged"
+            )
+            return
+        await engine.emit("step", **base, state="running")
+        if isinstance(action, model.WaitAction):
+            await engine.sleep(action.seconds)
+            await engine.emit("step", **base, state="done")
+            return
+        started = time.monotonic()
+        try:
+            outcome = await run_action(
+                engine.remote, self.name, action, become=step.become, sleep=engine.sleep
+            )
+        except TransportError as exc:
+            await engine.emit(
+                "step", **base, state="failed", error=f"{exc.reason}; the command may have run"
+            )
+            raise
+        engine.metrics_step(step, time.monotonic() - started, outcome.ok)
+        if outcome.ok:
+            await engine.emit(
+                "step", **base, state="done", exit=outcome.exit_status, output=outcome.output
+            )
+            return
+        await engine.emit(
+            "step",
+            **base,
+            state="failed",
+            exit=outcome.exit_status,
+            output=outcome.output,
+            error=outcome.reason,
+        )
+        raise StepFailed(
+            self.name, step.id, outcome.reason or "failed", outcome.exit_status, outcome.output
+        )
+
+    async def _undrain(self) -> None:
+        engine = self.engine
+        for index, drain in reversed(list(enumerate(self.plan.drains))):
+            await engine.emit(
+                "drain",
+                phase=self.phase.name,
+                host=self.name,
+                action="undrain",
+                stage="start",
+                index=index,
+            )
+            detail = await engine.drainer.undrain(self.name, drain)
+            await engine.emit(
+                "drain",
+                phase=self.phase.name,
+                host=self.name,
+                action="undrain",
+                stage="done",
+                index=index,
+                detail=detail,
+            )
+
+    async def _fail(self, error: str) -> None:
+        """Undo this host's steps newest first, undrain, and mark it failed."""
+        if self.view.state not in (HostState.ROLLING_BACK,):
+            await self.set(HostState.ROLLING_BACK, error)
+        try:
+            await self.undo()
+            await self.set(HostState.FAILED, error)
+        except (OrchestratorError, OSError) as exc:
+            await self.set(HostState.FAILED, f"{error}; rollback of the host failed: {exc}")
+            await self.engine.fatal(f"host {self.name}: rollback failed: {exc}")
+
+    async def undo(self) -> None:
+        """Undo completed (and failed) steps in reverse, then undrain if drained.
+
+        Used for a failed host and for the fleet rollback; safe to repeat."""
+        engine = self.engine
+        needs = [
+            s
+            for s in self.plan.steps
+            if (v := self.view.steps.get(s.id)) is not None
+            and v.state in (StepState.DONE, StepState.FAILED, StepState.RUNNING, StepState.UNDOING)
+        ]
+        if needs and self.plan.drains and not self.view.drained:
+            for index, drain in enumerate(self.plan.drains):
+                await engine.emit(
+                    "drain",
+                    phase=self.phase.name,
+                    host=self.name,
+                    action="drain",
+                    stage="start",
+                    index=index,
+                )
+                await engine.drainer.drain(self.name, drain)
+                await engine.emit(
+                    "drain",
+                    phase=self.phase.name,
+                    host=self.name,
+                    action="drain",
+                    stage="done",
+                    index=index,
+                )
+        for step in reversed(needs):
+            await self._undo_step(step)
+        if self.view.drained:
+            await self._undrain()
+
+    async def _undo_step(self, step: model.Step) -> None:
+        engine = self.engine
+        view = self.view.step(step.id)
+        base = {"phase": self.phase.name, "host": self.name, "step": step.id}
+        action = step.action
+        with structlog.contextvars.bound_contextvars(step=step.id):
+            await engine.emit("step", **base, state="undoing")
+            if isinstance(action, model.ConfigAction):
+                if view.had_previous:
+                    previous = view.previous
+                    value = (
+                        None
+                        if previous is None
+                        else engine.secrets.substitute(previous, shell=False)
+                    )
+                    await apply_config(engine.remote, self.name, action, value)
+                await engine.emit("step", **base, state="undone")
+                return
+            if step.undo is None:
+                await engine.emit("step", **base, state="undone", output="no undo declared")
+                return
+            outcome = await run_action(
+                engine.remote, self.name, step.undo, become=step.become, sleep=engine.sleep
+            )
+            if not outcome.ok:
+                await engine.emit(
+                    "step",
+                    **base,
+                    state="failed",
+                    exit=outcome.exit_status,
+                    output=outcome.output,
+                    error=f"undo: {outcome.reason}",
+                )
+                raise StepFailed(
+                    self.name,
+                    f"{step.id} (undo)",
+                    outcome.reason or "failed",
+                    outcome.exit_status,
+                    outcome.output,
+                )
+            await engine.emit(
+                "step", **base, state="undone", exit=outcome.exit_status, output=outcome.output
+            )
+
+    async def _cleanup(self) -> None:
+        """Cleanup steps always run; their failures are recorded, never fatal."""
+        engine = self.engine
+        for step in self.plan.cleanup:
+            if not isinstance(step.action, model.RunAction):
+                continue
+            base = {"phase": self.phase.name, "host": self.name, "step": step.id}
+            try:
+                await engine.emit("step", **base, state="running")
+                outcome = await asyncio.shield(
+                    run_action(
+                        engine.remote,
+                        self.name,
+                        step.action,
+                        become=step.become,
+                        sleep=engine.sleep,
+                    )
+                )
+                await engine.emit(
+                    "step",
+                    **base,
+                    state="done" if outcome.ok else "failed",
+                    exit=outcome.exit_status,
+                    output=outcome.output,
+                )
+            except (OrchestratorError, OSError) as exc:
+                log.warning("cleanup step failed", step=step.id, error=str(exc))
+
+
+def upgrade_paused(state: UpgradeState) -> bool:
+    return state in (UpgradeState.PAUSED, UpgradeState.WAITING_APPROVAL)

@@ -1,0 +1,210 @@
+"""Every upgrade the daemon knows: submit, resume from the journal, control, stop.
+
+The daemon's HTTP handlers and the tests both drive upgrades through this
+one object; it owns the journal, an SSH pool per upgrade and one engine per
+unfinished upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets as pysecrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+
+from orchestrator import model
+from orchestrator.actions.drain import tcp_runtime_api
+from orchestrator.engine.runner import Engine
+from orchestrator.engine.states import UpgradeState
+from orchestrator.engine.view import UpgradeView
+from orchestrator.errors import ConflictError, NotFoundError
+from orchestrator.secrets import SecretStore
+from orchestrator.store.journal import Event, Journal
+from orchestrator.transport.ssh import SSHPool
+
+log = structlog.get_logger("orchestrator.manager")
+
+RemoteFactory = Callable[[model.Plan, SecretStore], SSHPool]
+
+
+@dataclass(slots=True)
+class Upgrade:
+    id: str
+    plan: model.Plan
+    digest: str
+    inventory: str
+    created_at: float
+    view: UpgradeView
+    engine: Engine | None = None
+    pool: SSHPool | None = None
+
+
+def new_id() -> str:
+    return time.strftime("u%Y%m%d-%H%M%S-", time.gmtime()) + pysecrets.token_hex(3)
+
+
+class UpgradeManager:
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        remote_factory: RemoteFactory | None = None,
+        on_event: Callable[[str, Event], None] | None = None,
+    ) -> None:
+        self.journal = journal
+        self.remote_factory = remote_factory or (lambda plan, store: SSHPool(plan.hosts, store))
+        self.on_event = on_event
+        self.upgrades: dict[str, Upgrade] = {}
+        self.session: aiohttp.ClientSession | None = None
+        self._submit_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Load every upgrade from the journal; resume the unfinished ones."""
+        self.session = aiohttp.ClientSession()
+        for record in await self.journal.upgrades():
+            plan = model.from_json(await self.journal.plan_json(record.id))
+            view = UpgradeView(record.id)
+            for event in await self.journal.events(record.id):
+                view.apply(event)
+            up = Upgrade(record.id, plan, record.digest, record.inventory, record.created_at, view)
+            self.upgrades[record.id] = up
+            if not view.state.terminal:
+                log.info("resuming upgrade", upgrade=record.id, state=view.state.label)
+                self._engine(up).start()
+
+    def _engine(self, up: Upgrade) -> Engine:
+        assert self.session is not None
+        store = SecretStore.from_plan(up.plan.secrets)
+        up.pool = self.remote_factory(up.plan, store)
+        balancers = {lb.name: lb for lb in up.plan.load_balancers}
+
+        async def runtime_api(lb: model.LoadBalancerTarget, command: str) -> str:
+            target = balancers[lb.name]
+            if target.address is not None:
+                return await tcp_runtime_api(target.address, command)
+            assert target.host is not None and target.socket is not None and up.pool is not None
+            return await up.pool.unix_request(target.host, target.socket, command)
+
+        def forward(event: Event) -> None:
+            if self.on_event is not None:
+                self.on_event(up.id, event)
+
+        up.engine = Engine(
+            up.id,
+            up.plan,
+            self.journal,
+            up.pool,
+            session=self.session,
+            runtime_api=runtime_api,
+            secrets=store,
+            view=up.view,
+            on_event=forward,
+        )
+        return up.engine
+
+    def active_for(self, inventory: str) -> Upgrade | None:
+        for up in self.upgrades.values():
+            if up.inventory == inventory and not up.view.state.terminal:
+                return up
+        return None
+
+    async def submit(
+        self,
+        plan: model.Plan,
+        *,
+        idempotency_key: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[Upgrade, bool]:
+        """Start an upgrade of `plan`. Returns (upgrade, created); a repeated
+        idempotency key returns the first upgrade with created=False."""
+        async with self._submit_lock:  # one submit at a time: the 409 check is then exact
+            if idempotency_key is not None:
+                existing = await self.journal.lookup_key(idempotency_key)
+                if existing is not None and existing in self.upgrades:
+                    return self.upgrades[existing], False
+            busy = self.active_for(plan.inventory)
+            if busy is not None:
+                raise ConflictError(
+                    f"upgrade {busy.id} of inventory '{plan.inventory}' is still "
+                    f"{busy.view.state.label}; one active upgrade per inventory"
+                )
+            upgrade_id = new_id()
+            digest = plan.digest
+            if idempotency_key is not None:
+                # bind the key before creating anything: a crash in between
+                # must not leave an upgrade that a retried submit duplicates
+                first = await self.journal.remember_key(idempotency_key, upgrade_id)
+                if first != upgrade_id and first in self.upgrades:
+                    return self.upgrades[first], False
+            await self.journal.create(
+                upgrade_id,
+                model.to_json(plan),
+                inventory=plan.inventory,
+                digest=digest,
+                meta=meta or {},
+            )
+            up = Upgrade(
+                upgrade_id, plan, digest, plan.inventory, time.time(), UpgradeView(upgrade_id)
+            )
+            self.upgrades[upgrade_id] = up
+            self._engine(up).start()
+            return up, True
+
+    def get(self, upgrade_id: str) -> Upgrade:
+        up = self.upgrades.get(upgrade_id)
+        if up is None:
+            raise NotFoundError(f"no upgrade {upgrade_id!r}")
+        return up
+
+    async def control(self, upgrade_id: str, action: str) -> Upgrade:
+        up = self.get(upgrade_id)
+        engine = up.engine
+        if engine is None:
+            if action != "rollback":
+                raise ConflictError(f"upgrade {upgrade_id} is {up.view.state.label}")
+            engine = self._engine(up)
+        handlers = {
+            "pause": engine.pause,
+            "resume": engine.resume,
+            "abort": engine.abort,
+            "approve": engine.approve,
+            "rollback": engine.rollback,
+        }
+        if action not in handlers:
+            raise NotFoundError(f"no action {action!r}")
+        await handlers[action]()
+        return up
+
+    async def wait(self, upgrade_id: str, timeout: float | None = None) -> UpgradeState:
+        """Until the upgrade's engine stops (terminal, paused engines keep waiting)."""
+        up = self.get(upgrade_id)
+        if up.engine is None or up.engine._task is None:
+            return up.view.state
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(up.engine._task)
+
+    async def stop(self, *, cancel: bool = False) -> None:
+        """First stage: running steps finish and are journaled, nothing new starts.
+        With cancel=True (second signal), running steps are cancelled."""
+        engines = [up.engine for up in self.upgrades.values() if up.engine is not None]
+        for engine in engines:
+            if cancel:
+                engine.cancel()
+            else:
+                await engine.suspend()
+        tasks = [e._task for e in engines if e._task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.stop()
+        for up in self.upgrades.values():
+            if up.pool is not None:
+                await up.pool.close()
+        if self.session is not None:
+            await self.session.close()

@@ -1,0 +1,484 @@
+"""The engine: runs one plan from its journal, phase by phase, batch by batch.
+
+Control (pause, resume, abort, approve, rollback) arrives as method calls;
+each is journaled, and the engine reacts at its checkpoints, which sit
+between steps. State is never assigned directly: every change is checked
+against the transition tables in `states` and written to the journal first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import aiohttp
+import structlog
+
+from orchestrator import model
+from orchestrator.actions.drain import Drainer, RuntimeAPI
+from orchestrator.actions.health import Checker
+from orchestrator.actions.remote import Remote
+from orchestrator.engine.host import HOST_FAULTS, HostRunner, Stop, Suspend
+from orchestrator.engine.states import (
+    HOST_TRANSITIONS,
+    PHASE_TRANSITIONS,
+    UPGRADE_TRANSITIONS,
+    HostState,
+    PhaseState,
+    UpgradeState,
+    check_transition,
+)
+from orchestrator.engine.view import UpgradeView
+from orchestrator.errors import ConflictError, RollbackRefused, TransportError
+from orchestrator.secrets import SecretStore
+
+log = structlog.get_logger("orchestrator.engine")
+U = UpgradeState
+
+
+class EventSink(Protocol):
+    """The journal, as the engine sees it."""
+
+    async def append(self, upgrade_id: str, kind: str, data: dict[str, Any]) -> Any: ...
+
+
+class Engine:
+    def __init__(
+        self,
+        upgrade_id: str,
+        plan: model.Plan,
+        journal: EventSink,
+        remote: Remote,
+        *,
+        session: aiohttp.ClientSession,
+        runtime_api: RuntimeAPI,
+        secrets: SecretStore | None = None,
+        view: UpgradeView | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_event: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.id = upgrade_id
+        self.plan = plan
+        self.journal = journal
+        self.remote = remote
+        self.sleep = sleep
+        self.secrets = secrets or SecretStore.from_plan(plan.secrets)
+        self.view = view or UpgradeView(upgrade_id)
+        self.checker = Checker(remote, session)
+        self.drainer = Drainer(
+            remote, session, {lb.name: lb for lb in plan.load_balancers}, runtime_api, sleep
+        )
+        self.on_event = on_event
+        self._changed = asyncio.Event()
+        self._abort_level = 1 if self.view.state is U.ABORTING else 0
+        self._rollback = self.view.state is U.ROLLING_BACK or self.view.rollback_requested
+        self._task: asyncio.Task[UpgradeState] | None = None
+        self._suspend = False
+        self.step_seconds: list[tuple[str, float]] = []
+        self.health_failures = 0
+
+    # --- journal and state ---------------------------------------------------
+
+    async def emit(self, kind: str, **data: Any) -> None:
+        event = await self.journal.append(self.id, kind, data)
+        self.view.apply(event)
+        if self.on_event is not None:
+            self.on_event(event)
+        self._changed.set()
+
+    async def set_upgrade(self, state: UpgradeState, reason: str | None = None) -> None:
+        if self.view.state is state:
+            return
+        check_transition(UPGRADE_TRANSITIONS, f"upgrade {self.id}", self.view.state, state)
+        data: dict[str, Any] = {"state": state.label}
+        if reason:
+            data["reason"] = reason
+        await self.emit("upgrade.state", **data)
+        log.info("upgrade state", state=state.label, reason=reason)
+
+    async def set_phase(self, name: str, state: PhaseState, **extra: Any) -> None:
+        current = self.view.phase(name).state
+        if current is state:
+            return
+        check_transition(PHASE_TRANSITIONS, f"phase {name}", current, state)
+        await self.emit("phase.state", phase=name, state=state.value, **extra)
+
+    async def set_host(
+        self, phase: str, host: str, state: HostState, error: str | None = None
+    ) -> None:
+        current = self.view.phase(phase).host(host).state
+        if current is state:
+            return
+        check_transition(HOST_TRANSITIONS, f"host {host} in {phase}", current, state)
+        data: dict[str, Any] = {"phase": phase, "host": host, "state": state.value}
+        if error is not None:
+            data["error"] = error
+        await self.emit("host.state", **data)
+
+    # --- metrics hooks (read by the daemon) -----------------------------------
+
+    def metrics_step(self, step: model.Step, seconds: float, ok: bool) -> None:
+        self.step_seconds.append((step.id, seconds))
+
+    def metrics_health_failure(self, phase: str, host: str) -> None:
+        self.health_failures += 1
+
+    # --- control ---------------------------------------------------------------
+
+    async def checkpoint(self) -> None:
+        """Between steps: stop when aborting or rolling back, wait while paused."""
+        while True:
+            if self._suspend:
+                raise Suspend()
+            if self._abort_level or self._rollback:
+                raise Stop()
+            if self.view.state not in (U.PAUSED, U.WAITING_APPROVAL):
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def pause_for(self, reason: str) -> None:
+        if self.view.state in (U.RUNNING, U.PREFLIGHT):
+            await self.set_upgrade(U.PAUSED, reason)
+
+    async def pause(self) -> None:
+        if self.view.state is U.PAUSED:
+            return
+        if self.view.state not in (U.RUNNING, U.WAITING_APPROVAL, U.PREFLIGHT):
+            raise ConflictError(f"cannot pause an upgrade that is {self.view.state.label}")
+        await self.emit("control", action="pause")
+        await self.set_upgrade(U.PAUSED, "paused by the operator")
+
+    async def resume(self) -> None:
+        if self.view.state is not U.PAUSED:
+            raise ConflictError(f"cannot resume an upgrade that is {self.view.state.label}")
+        await self.emit("control", action="resume")
+        await self.set_upgrade(U.RUNNING)
+
+    async def approve(self) -> None:
+        if self.view.state is not U.WAITING_APPROVAL:
+            raise ConflictError(
+                f"nothing waits for approval: the upgrade is {self.view.state.label}"
+            )
+        phase = next(
+            (p for p, v in self.view.phases.items() if v.state is PhaseState.WAITING_APPROVAL),
+            None,
+        )
+        await self.emit("control", action="approve", phase=phase)
+        await self.set_upgrade(U.RUNNING)
+
+    async def abort(self) -> None:
+        """First call: finish running steps, then stop. Second call: cancel."""
+        if self.view.state.terminal:
+            raise ConflictError(f"the upgrade is already {self.view.state.label}")
+        self._abort_level += 1
+        await self.emit("control", action="abort", stage=self._abort_level)
+        if self._abort_level == 1:
+            if self.view.state is not U.ROLLING_BACK:
+                await self.set_upgrade(U.ABORTING, "aborted by the operator")
+        elif self._task is not None:
+            self._task.cancel()
+        self._changed.set()
+
+    async def rollback(self) -> None:
+        point = self.view.irreversible_done
+        if point is not None:
+            raise RollbackRefused(point)
+        if not self.view.state.rollbackable:
+            raise ConflictError(f"cannot roll back an upgrade that is {self.view.state.label}")
+        await self.emit("control", action="rollback")
+        self._rollback = True
+        await self.set_upgrade(U.ROLLING_BACK, "rollback ordered by the operator")
+        if self._task is None or self._task.done():
+            self.start()
+
+    # --- running -----------------------------------------------------------------
+
+    async def suspend(self) -> None:
+        """Daemon shutdown, first stage: running steps finish and are journaled,
+        nothing new starts, the upgrade's state is left as it is."""
+        self._suspend = True
+        self._changed.set()
+
+    def cancel(self) -> None:
+        """Daemon shutdown, second stage."""
+        if self._task is not None:
+            self._task.cancel()
+
+    def start(self) -> asyncio.Task[UpgradeState]:
+        self._task = asyncio.create_task(self.run(), name=f"upgrade-{self.id}")
+        return self._task
+
+    async def wait(self) -> UpgradeState:
+        assert self._task is not None
+        return await self._task
+
+    async def run(self) -> UpgradeState:
+        with structlog.contextvars.bound_contextvars(upgrade=self.id):
+            try:
+                return await self._run()
+            except Suspend:
+                log.info("suspended", state=self.view.state.label)
+                return self.view.state
+            except asyncio.CancelledError:
+                if self._suspend:
+                    raise
+                await asyncio.shield(self._cancelled())
+                return self.view.state
+            except Exception as exc:
+                # a bug or an unexpected fault: record it, never vanish silently
+                log.exception("engine crashed")
+                if (
+                    not self.view.state.terminal
+                    and U.FAILED in UPGRADE_TRANSITIONS[self.view.state]
+                ):
+                    await self.set_upgrade(U.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+                raise
+
+    async def _run(self) -> UpgradeState:
+        view = self.view
+        if self._rollback or view.state is U.ROLLING_BACK:
+            return await self._rollback_all()
+        if view.state.terminal:
+            return view.state
+        try:
+            if view.state in (U.PENDING, U.PREFLIGHT):
+                await self._preflight()
+            elif view.state is U.ABORTING:
+                raise Stop()
+            for phase in self.plan.phases:
+                await self._phase(phase)
+            await self.set_upgrade(U.SUCCEEDED)
+        except Stop:
+            if self._rollback:
+                return await self._rollback_all()
+            if not view.state.terminal:
+                await self.set_upgrade(U.ABORTED, "aborted by the operator")
+        return view.state
+
+    async def _preflight(self) -> None:
+        await self.set_upgrade(U.PREFLIGHT)
+        probes: dict[str, model.VersionProbe] = {}
+        for phase in self.plan.phases:
+            for batch in phase.batches:
+                for hp in batch.hosts:
+                    if hp.version is not None:
+                        probes.setdefault(hp.host, hp.version)
+            for gate in phase.gates:
+                for host, probe in gate.probes:
+                    probes.setdefault(host, probe)
+        problems: list[str] = []
+
+        async def one(host: model.HostTarget) -> None:
+            if host.name in self.view.preflight:
+                return
+            try:
+                await self.remote.connect(host.name)
+            except TransportError as exc:
+                problems.append(f"{host.name}: {exc.reason}")
+                await self.emit("preflight.host", host=host.name, status="error", error=exc.reason)
+                return
+            probe = probes.get(host.name)
+            version = None if probe is None else await self.checker.version(host.name, probe)
+            if version is None or version == self.plan.from_version:
+                status = "ready"
+            elif version == self.plan.to_version:
+                status = "at_target"
+            else:
+                status = "error"
+                problems.append(
+                    f"{host.name}: reports version {version}, neither {self.plan.from_version} "
+                    f"nor {self.plan.to_version}"
+                )
+            await self.emit("preflight.host", host=host.name, status=status, version=version)
+
+        async with asyncio.TaskGroup() as group:
+            for target in self.plan.hosts:
+                group.create_task(one(target))
+        if problems:
+            await self.set_upgrade(U.FAILED, "preflight failed: " + "; ".join(sorted(problems)))
+            raise Stop()
+        await self.set_upgrade(U.RUNNING)
+
+    def at_target(self, host: str, plan: model.HostPlan) -> bool:
+        """Skip a host that preflight found at the target: how a rerun resumes."""
+        return plan.version is not None and self.view.preflight.get(host, {}).get("status") == (
+            "at_target"
+        )
+
+    async def _phase(self, phase: model.Phase) -> None:
+        pview = self.view.phase(phase.name)
+        if pview.state is PhaseState.DONE:
+            return
+        with structlog.contextvars.bound_contextvars(phase=phase.name):
+            await self.checkpoint()
+            if pview.state in (PhaseState.PENDING, PhaseState.GATED) and phase.gates:
+                await self.set_phase(phase.name, PhaseState.GATED)
+                ok, detail = await self._gates(phase)
+                if not ok:
+                    await self._phase_failed(
+                        phase, f"gate failed: {detail}", retry=PhaseState.GATED
+                    )
+                    return await self._phase(phase)
+            while phase.approve and phase.name not in self.view.approvals:
+                await self.set_phase(phase.name, PhaseState.WAITING_APPROVAL)
+                if self.view.state is U.RUNNING:
+                    await self.set_upgrade(
+                        U.WAITING_APPROVAL, f"phase {phase.name} waits for approval"
+                    )
+                await self.checkpoint()
+            await self.set_phase(phase.name, PhaseState.RUNNING, irreversible=phase.irreversible)
+            failed = await self._batches(phase)
+            if failed > phase.max_failures:
+                await self._phase_failed(
+                    phase, f"{failed} host(s) failed, the budget is {phase.max_failures}"
+                )
+                return await self._phase(phase)
+            await self.set_phase(phase.name, PhaseState.DONE, irreversible=phase.irreversible)
+
+    async def _batches(self, phase: model.Phase) -> int:
+        failed = 0
+        for batch in phase.batches:
+            await self.checkpoint()
+            pview = self.view.phase(phase.name)
+            pending = [
+                hp
+                for hp in batch.hosts
+                if pview.host(hp.host).state not in (HostState.DONE, HostState.SKIPPED)
+            ]
+            if pending:
+                results = await self._fan_out(phase, pending)
+                failed += results.count(False)
+            if failed > phase.max_failures:
+                return failed
+            last = batch is phase.batches[-1]
+            if batch.canary and phase.canary_pause and pending and not last:
+                await self.pause_for(
+                    f"canary batch of phase {phase.name} is done: check it, then resume"
+                )
+            if phase.batch_pause and not last and pending:
+                await self.sleep(phase.batch_pause)
+        return failed
+
+    async def _fan_out(self, phase: model.Phase, hosts: list[model.HostPlan]) -> list[bool]:
+        """Run hosts of one batch concurrently; every host's outcome is kept."""
+        runners = [HostRunner(self, phase, hp) for hp in hosts]
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(r.run()) for r in runners]
+        outcomes = [t.result() for t in tasks]
+        if any(o is None for o in outcomes):
+            if self._suspend:
+                raise Suspend()
+            raise Stop()  # aborting or rolling back: every host has finished its step
+        return [bool(o) for o in outcomes]
+
+    async def _gates(self, phase: model.Phase) -> tuple[bool, str]:
+        for index, gate in enumerate(phase.gates):
+            if gate.kind == "all_at_target":
+                behind = []
+                for host, probe in gate.probes:
+                    seen = await self.checker.version(host, probe)
+                    if seen != self.plan.to_version:
+                        behind.append(f"{host}={seen}")
+                ok = not behind
+                detail = "all at target" if ok else "not at target: " + ", ".join(behind[:10])
+            else:
+                assert gate.run is not None and gate.host is not None
+                result = await self.remote.run(gate.host, gate.run)
+                ok = result.exit_status == gate.expect_exit
+                detail = f"{gate.run} on {gate.host} exited {result.exit_status}"
+            await self.emit("gate", phase=phase.name, index=index, ok=ok, detail=detail)
+            if not ok:
+                return False, detail
+        return True, "ok"
+
+    async def _phase_failed(
+        self, phase: model.Phase, reason: str, retry: PhaseState = PhaseState.RUNNING
+    ) -> None:
+        """Apply the upgrade's failure policy. Returns when the operator resumed
+        (pause policy, or past the point of no return); raises Stop to roll back."""
+        await self.set_phase(phase.name, PhaseState.FAILED, reason=reason)
+        point = self.view.irreversible_done
+        if self.plan.on_failure == "rollback" and point is None:
+            self._rollback = True
+            await self.set_upgrade(U.ROLLING_BACK, f"phase {phase.name}: {reason}")
+            raise Stop()
+        why = f"phase {phase.name}: {reason}; resume retries"
+        why += (
+            f"; phase '{point}' was the point of no return, so rollback is refused: fix forward"
+            if point
+            else ", rollback undoes"
+        )
+        await self.pause_for(why)
+        await self.checkpoint()
+        await self.set_phase(phase.name, retry)
+
+    async def fatal(self, reason: str) -> None:
+        log.error("fatal", reason=reason)
+
+    async def _rollback_all(self) -> UpgradeState:
+        """Undo every host and pin, newest phase first, batch by batch in reverse."""
+        if self.view.irreversible_done is not None:
+            await self.set_upgrade(U.FAILED, str(RollbackRefused(self.view.irreversible_done)))
+            return self.view.state
+        if self.view.state is not U.ROLLING_BACK:
+            await self.set_upgrade(U.ROLLING_BACK, "rolling back")
+        errors: list[str] = []
+        for phase in reversed(self.plan.phases):
+            pview = self.view.phases.get(phase.name)
+            if pview is None or pview.state in (PhaseState.PENDING, PhaseState.ROLLED_BACK):
+                continue
+            if pview.state not in (PhaseState.ROLLING_BACK,):
+                if pview.state in (PhaseState.GATED, PhaseState.WAITING_APPROVAL):
+                    await self.set_phase(phase.name, PhaseState.ROLLED_BACK)
+                    continue
+                await self.set_phase(phase.name, PhaseState.ROLLING_BACK)
+            for batch in reversed(phase.batches):
+                runners = [HostRunner(self, phase, hp) for hp in batch.hosts]
+                results = await asyncio.gather(
+                    *(self._undo_host(r) for r in runners), return_exceptions=True
+                )
+                errors.extend(str(r) for r in results if isinstance(r, BaseException))
+            await self.set_phase(phase.name, PhaseState.ROLLED_BACK)
+        if errors:
+            await self.set_upgrade(U.FAILED, "rollback incomplete: " + "; ".join(errors[:5]))
+        else:
+            await self.set_upgrade(U.ROLLED_BACK, "every host and pin undone")
+        return self.view.state
+
+    async def _undo_host(self, runner: HostRunner) -> None:
+        state = runner.view.state
+        untouched = (HostState.PENDING, HostState.SKIPPED, HostState.ROLLED_BACK)
+        if state in untouched and not runner.view.drained:
+            return
+        with structlog.contextvars.bound_contextvars(phase=runner.phase.name, host=runner.name):
+            if state is not HostState.ROLLING_BACK:
+                await runner.set(HostState.ROLLING_BACK)
+            try:
+                await runner.undo()
+            except HOST_FAULTS as exc:
+                await runner.set(HostState.FAILED, f"rollback failed: {exc}")
+                raise
+            await runner.set(HostState.ROLLED_BACK)
+
+    async def _cancelled(self) -> None:
+        """Second abort: running steps were cancelled. Never leave a host drained."""
+        for phase in self.plan.phases:
+            pview = self.view.phases.get(phase.name)
+            if pview is None:
+                continue
+            for batch in phase.batches:
+                for hp in batch.hosts:
+                    if pview.host(hp.host).drained:
+                        try:
+                            await HostRunner(self, phase, hp)._undrain()
+                        except HOST_FAULTS as exc:
+                            log.error("undrain after cancel failed", host=hp.host, error=str(exc))
+        if not self.view.state.terminal:
+            if self.view.state is U.ROLLING_BACK:
+                await self.set_upgrade(U.FAILED, "rollback cancelled by a second abort")
+            else:
+                if self.view.state is not U.ABORTING:
+                    await self.set_upgrade(U.ABORTING, "cancelled")
+                await self.set_upgrade(U.ABORTED, "cancelled by a second abort")

@@ -1,0 +1,159 @@
+"""The status document of an upgrade: plan structure merged with derived state.
+
+One function builds it for the HTTP API, the CLI and the demo, so they all
+show the same thing: each phase, batch, host and step with its state,
+timestamps, last output lines and error; progress counts; what comes next.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from orchestrator import model
+from orchestrator.engine.states import HostState, PhaseState, StepState, UpgradeState
+from orchestrator.engine.view import HostView, UpgradeView
+
+FINISHED_HOST = {HostState.DONE, HostState.SKIPPED, HostState.FAILED, HostState.ROLLED_BACK}
+
+
+def _host(hp: model.HostPlan, view: HostView | None) -> dict[str, Any]:
+    steps = []
+    for step in hp.steps:
+        sv = view.steps.get(step.id) if view else None
+        steps.append(
+            {
+                "id": step.id,
+                "name": step.name,
+                "state": (sv.state if sv else StepState.PENDING).value,
+                "started_at": sv.started_at if sv else None,
+                "finished_at": sv.finished_at if sv else None,
+                "exit": sv.exit if sv else None,
+                "output": sv.output if sv else "",
+                "error": sv.error if sv else None,
+                "attempts": sv.attempts if sv else 0,
+            }
+        )
+    return {
+        "host": hp.host,
+        "roles": list(hp.roles),
+        "state": (view.state if view else HostState.PENDING).value,
+        "drained": bool(view and view.drained),
+        "error": view.error if view else None,
+        "started_at": view.started_at if view else None,
+        "finished_at": view.finished_at if view else None,
+        "steps": steps,
+    }
+
+
+def next_action(plan: model.Plan, view: UpgradeView) -> str:
+    state = view.state
+    if state is UpgradeState.SUCCEEDED:
+        return "nothing: every phase is done"
+    if state is UpgradeState.ROLLED_BACK:
+        return "nothing: the upgrade was rolled back"
+    if state is UpgradeState.WAITING_APPROVAL:
+        return f"approve to continue ({view.reason})"
+    if state is UpgradeState.PAUSED:
+        return f"resume, abort or rollback ({view.reason})"
+    if state in (UpgradeState.FAILED, UpgradeState.ABORTED):
+        if view.irreversible_done:
+            return f"fix forward: phase '{view.irreversible_done}' was the point of no return"
+        return "rollback to undo every change, or submit again to retry"
+    for phase in plan.phases:
+        pv = view.phases.get(phase.name)
+        if pv is None or pv.state is not PhaseState.DONE:
+            return f"phase {phase.name}"
+    return "finishing"
+
+
+def status_document(
+    upgrade_id: str, plan: model.Plan, view: UpgradeView, digest: str
+) -> dict[str, Any]:
+    phases = []
+    hosts_by_state: Counter[str] = Counter()
+    steps_total = steps_done = 0
+    for phase in plan.phases:
+        pv = view.phases.get(phase.name)
+        batches = []
+        per_batch: list[list[dict[str, Any]]] = []
+        for batch in phase.batches:
+            hosts = [_host(hp, pv.hosts.get(hp.host) if pv else None) for hp in batch.hosts]
+            for h in hosts:
+                hosts_by_state[h["state"]] += 1
+                steps_total += len(h["steps"])
+                steps_done += sum(1 for s in h["steps"] if s["state"] == "done")
+            per_batch.append(hosts)
+            states = Counter(h["state"] for h in hosts)
+            batches.append(
+                {
+                    "index": batch.index,
+                    "zone": batch.zone,
+                    "canary": batch.canary,
+                    "hosts": hosts,
+                    "counts": dict(states),
+                }
+            )
+        finished = sum(
+            1
+            for host_docs in per_batch
+            for h in host_docs
+            if HostState(h["state"]) in FINISHED_HOST
+        )
+        phases.append(
+            {
+                "name": phase.name,
+                "kind": phase.kind,
+                "roles": list(phase.roles),
+                "state": (pv.state if pv else PhaseState.PENDING).value,
+                "reason": pv.reason if pv else None,
+                "started_at": pv.started_at if pv else None,
+                "finished_at": pv.finished_at if pv else None,
+                "irreversible": phase.irreversible,
+                "approve": phase.approve,
+                "hosts_total": phase.host_count,
+                "hosts_finished": finished,
+                "batches": batches,
+            }
+        )
+    return {
+        "id": upgrade_id,
+        "name": plan.name,
+        "inventory": plan.inventory,
+        "from_version": plan.from_version,
+        "to_version": plan.to_version,
+        "digest": digest,
+        "state": view.state.label,
+        "terminal": view.state.terminal,
+        "reason": view.reason,
+        "created_at": view.created_at,
+        "updated_at": view.updated_at,
+        "last_event": view.last_seq,
+        "point_of_no_return": (p.name if (p := plan.irreversible_phase()) else None),
+        "point_of_no_return_passed": view.irreversible_done is not None,
+        "progress": {
+            "phases_total": len(plan.phases),
+            "phases_done": sum(1 for p in phases if p["state"] == "done"),
+            "steps_total": steps_total,
+            "steps_done": steps_done,
+            "hosts_by_state": dict(hosts_by_state),
+        },
+        "next": next_action(plan, view),
+        "phases": phases,
+    }
+
+
+def summary(upgrade_id: str, plan: model.Plan, view: UpgradeView, digest: str) -> dict[str, Any]:
+    """The short form for listings."""
+    return {
+        "id": upgrade_id,
+        "name": plan.name,
+        "inventory": plan.inventory,
+        "from_version": plan.from_version,
+        "to_version": plan.to_version,
+        "digest": digest,
+        "state": view.state.label,
+        "reason": view.reason,
+        "created_at": view.created_at,
+        "updated_at": view.updated_at,
+    }

@@ -1,0 +1,215 @@
+"""Upgrade state derived from journal events: the one fold both the engine (to
+resume) and the HTTP status (to show) use. Nothing here does I/O.
+
+Event kinds and their data:
+
+* ``upgrade.state``  {state, reason?}
+* ``preflight.host`` {host, status: ready|at_target|error, version?, error?}
+* ``phase.state``    {phase, state, reason?}
+* ``host.state``     {phase, host, state, error?}
+* ``drain``          {phase, host, action: drain|undrain, stage: start|done|failed, error?}
+* ``step``           {phase, host, step, state, exit?, output?, error?, previous?, via?}
+* ``gate``           {phase, index, ok, detail}
+* ``health``         {phase, host, ok, detail}
+* ``control``        {action, detail?}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from orchestrator.engine.states import HostState, PhaseState, StepState, UpgradeState
+
+OUTPUT_LINES = 20
+
+
+class EventLike(Protocol):
+    @property
+    def seq(self) -> int: ...
+    @property
+    def at(self) -> float: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True)
+class StepView:
+    id: str
+    state: StepState = StepState.PENDING
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit: int | None = None
+    output: str = ""
+    error: str | None = None
+    # config steps: the value before the edit; `had_previous` tells "absent" from "unknown"
+    had_previous: bool = False
+    previous: str | None = None
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class HostView:
+    name: str
+    phase: str
+    state: HostState = HostState.PENDING
+    drained: bool = False
+    draining: bool = False
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    steps: dict[str, StepView] = field(default_factory=dict)
+
+    def step(self, step_id: str) -> StepView:
+        view = self.steps.get(step_id)
+        if view is None:
+            view = self.steps[step_id] = StepView(step_id)
+        return view
+
+
+@dataclass(slots=True)
+class PhaseView:
+    name: str
+    state: PhaseState = PhaseState.PENDING
+    reason: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    hosts: dict[str, HostView] = field(default_factory=dict)
+
+    def host(self, name: str) -> HostView:
+        view = self.hosts.get(name)
+        if view is None:
+            view = self.hosts[name] = HostView(name, self.name)
+        return view
+
+
+@dataclass(slots=True)
+class UpgradeView:
+    id: str
+    state: UpgradeState = UpgradeState.PENDING
+    reason: str | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+    last_seq: int = 0
+    phases: dict[str, PhaseView] = field(default_factory=dict)
+    preflight: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (phase, host, step) in the order steps completed: rollback walks it backwards
+    completed: list[tuple[str, str, str]] = field(default_factory=list)
+    # the irreversible phase once it has *started*: rollback is refused from then on
+    irreversible_done: str | None = None
+    approvals: set[str] = field(default_factory=set)
+    rollback_requested: bool = False
+
+    def phase(self, name: str) -> PhaseView:
+        view = self.phases.get(name)
+        if view is None:
+            view = self.phases[name] = PhaseView(name)
+        return view
+
+    def apply(self, event: EventLike) -> None:
+        """Fold one event in. Events must come in seq order."""
+        if event.seq <= self.last_seq:
+            return
+        self.last_seq = event.seq
+        if self.created_at is None:
+            self.created_at = event.at
+        self.updated_at = event.at
+        handler = _HANDLERS.get(event.kind)
+        if handler is not None:
+            handler(self, event.data, event.at)
+
+
+def _upgrade_state(view: UpgradeView, data: dict[str, Any], at: float) -> None:
+    view.state = UpgradeState.parse(data["state"])
+    view.reason = data.get("reason")
+
+
+def _preflight(view: UpgradeView, data: dict[str, Any], at: float) -> None:
+    view.preflight[data["host"]] = dict(data)
+
+
+def _phase_state(view: UpgradeView, data: dict[str, Any], at: float) -> None:
+    phase = view.phase(data["phase"])
+    phase.state = PhaseState(data["state"])
+    phase.reason = data.get("reason")
+    if phase.state is PhaseState.RUNNING and phase.started_at is None:
+        phase.started_at = at
+    if phase.state in (PhaseState.DONE, PhaseState.FAILED, PhaseState.ROLLED_BACK):
+        phase.finished_at = at
+    if data.get("irreversible") and phase.state in (PhaseState.RUNNING, PhaseState.DONE):
+        view.irreversible_done = phase.name
+
+
+def _host_state(view: UpgradeView, data: dict[str, Any], at: float) -> None:
+    host = view.phase(data["phase"]).host(data["host"])
+    host.state = HostState(data["state"])
+    if "error" in data:
+        host.error = data["error"]
+    if host.started_at is None and host.state is not HostState.PENDING:
+        host.started_at = at
+    if host.state in (HostState.DONE, HostState.FAILED, HostState.ROLLED_BACK, HostState.SKIPPED):
+        host.finished_at = at
+
+
+def _drain(view: UpgradeView, data: dict[str, Any], at: float) -> None:
+    """A host counts as drained from the moment draining *starts* (a crash or a
+    failure half-way must still undrain it) until an undrain is done."""
+    host = view.phase(data["phase"]).host(data["host"])
+    if data["action"] == "drain":
+        host.drained = True
+        host.draining = data["stage"] == "start"
+    elif data["stage"] == "done":
+        host.drained = False
+
+
+def _step(view: UpgradeView, data: dict[str, Any], at: float) -> None:
+    host = view.phase(data["phase"]).host(data["host"])
+    step = host.step(data["step"])
+    state = StepState(data["state"])
+    step.state = state
+    if state is StepState.RUNNING:
+        step.attempts += 1
+        step.started_at = at
+        step.finished_at = None
+        step.error = None
+    if "previous" in data:
+        step.had_previous = True
+        step.previous = data["previous"]
+    if "exit" in data:
+        step.exit = data["exit"]
+    if "output" in data:
+        step.output = _tail(data["output"])
+    if "error" in data:
+        step.error = data["error"]
+    if state in (StepState.DONE, StepState.FAILED, StepState.UNDONE):
+        step.finished_at = at
+    key = (data["phase"], data["host"], data["step"])
+    if state is StepState.DONE:
+        view.completed.append(key)
+    elif state is StepState.UNDONE and key in view.completed:
+        view.completed.remove(key)
+
+
+def _control(view: UpgradeView, data: dict[str, Any], at: float) -> None:
+    if data.get("action") == "approve" and data.get("phase"):
+        view.approvals.add(data["phase"])
+    elif data.get("action") == "rollback":
+        view.rollback_requested = True
+
+
+def _tail(text: str) -> str:
+    lines = text.splitlines()
+    return "\n".join(lines[-OUTPUT_LINES:])
+
+
+_HANDLERS = {
+    "upgrade.state": _upgrade_state,
+    "preflight.host": _preflight,
+    "phase.state": _phase_state,
+    "host.state": _host_state,
+    "drain": _drain,
+    "step": _step,
+    "control": _control,
+}

@@ -1,0 +1,229 @@
+"""The engine against real in-process SSH hosts running real shell commands."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from orchestrator.engine.states import HostState, PhaseState, UpgradeState
+from orchestrator.errors import ConflictError, RollbackRefused
+from tests.enginekit import host_state, make_plan, open_manager, run_to_end, seed
+from tests.sshhosts import MakeSSHHosts
+
+PIN = "[upgrade_levels]\napp = 1.0\n"
+
+
+async def test_full_upgrade_reaches_target_everywhere(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    hosts = await make_ssh_hosts(3)
+    seed(hosts)
+    plan = make_plan(hosts, batch=[1, 2])
+    upgrade_id, state, manager, journal = await run_to_end(plan, tmp_path / "j.db")
+    try:
+        assert state is UpgradeState.SUCCEEDED
+        for name in hosts.names:
+            st = host_state(hosts, name)
+            assert st["version"] == "2.0"
+            assert not st["drained"]
+            assert "upgrade_levels" not in st["conf"]  # pinned, then unpinned
+            assert "# managed by hand" in st["conf"]  # layout preserved
+        first = host_state(hosts, hosts.names[0])
+        assert sorted(first["runs"]) == ["contract", "expand", "upgrade"]
+        view = manager.get(upgrade_id).view
+        assert all(p.state is PhaseState.DONE for p in view.phases.values())
+        assert view.irreversible_done == "contract"
+        kinds = [e.kind for e in await journal.events(upgrade_id)]
+        assert kinds.count("preflight.host") == 3
+        assert kinds[-1] == "upgrade.state"
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+async def test_failed_host_rolls_back_whole_fleet(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    hosts = await make_ssh_hosts(3)
+    seed(hosts)
+    plan = make_plan(hosts, fail_on="host-2")
+    upgrade_id, state, manager, journal = await run_to_end(plan, tmp_path / "j.db")
+    try:
+        assert state is UpgradeState.ROLLED_BACK
+        for name in hosts.names:
+            st = host_state(hosts, name)
+            assert st["version"] == "1.0", name
+            assert not st["drained"], name
+            assert "upgrade_levels" not in st["conf"], name  # the pin was undone too
+            assert st["markers"] == [], name
+        view = manager.get(upgrade_id).view
+        assert view.phases["upgrade"].hosts["host-2"].error is not None
+        assert "contract" not in view.phases or view.phases["contract"].state is PhaseState.PENDING
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+async def test_failure_budget_lets_the_phase_continue(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    hosts = await make_ssh_hosts(3)
+    seed(hosts)
+    plan = make_plan(hosts, fail_on="host-2", max_failures=1)
+    # the unpin gate needs every host at target: host-2 is not, so the
+    # upgrade stops there and rolls back by policy
+    upgrade_id, state, manager, journal = await run_to_end(plan, tmp_path / "j.db")
+    try:
+        view = manager.get(upgrade_id).view
+        upgrade = view.phases["upgrade"]
+        assert upgrade.hosts["host-2"].state is not HostState.DONE
+        assert upgrade.hosts["host-3"].steps  # host-3 ran after host-2 failed
+        events = await journal.events(upgrade_id)
+        gate = [e for e in events if e.kind == "gate"]
+        assert gate and gate[0].data["ok"] is False and "host-2" in gate[0].data["detail"]
+        assert state is UpgradeState.ROLLED_BACK
+        assert host_state(hosts, "host-3")["version"] == "1.0"
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+async def test_pause_policy_waits_for_the_operator_then_rollback(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    hosts = await make_ssh_hosts(2)
+    seed(hosts)
+    plan = make_plan(hosts, fail_on="host-2", on_failure="pause")
+    journal, manager = await open_manager(tmp_path / "j.db")
+    try:
+        up, _ = await manager.submit(plan)
+        await _until(lambda: up.view.state is UpgradeState.PAUSED)
+        assert "upgrade" in (up.view.reason or "")
+        assert host_state(hosts, "host-1")["version"] == "2.0"  # kept while paused
+        assert host_state(hosts, "host-2")["version"] == "1.0"  # the failed host was undone
+        await manager.control(up.id, "rollback")
+        assert await manager.wait(up.id, timeout=20) is UpgradeState.ROLLED_BACK
+        assert host_state(hosts, "host-1")["version"] == "1.0"
+        assert "upgrade_levels" not in host_state(hosts, "host-1")["conf"]
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+async def test_approval_gate_and_refused_rollback_after_point_of_no_return(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    hosts = await make_ssh_hosts(2)
+    seed(hosts)
+    plan = make_plan(hosts, approve=True)
+    journal, manager = await open_manager(tmp_path / "j.db")
+    try:
+        up, _ = await manager.submit(plan)
+        await _until(lambda: up.view.state is UpgradeState.WAITING_APPROVAL)
+        assert up.view.phases["contract"].state is PhaseState.WAITING_APPROVAL
+        assert not (hosts.host_dir("host-1") / "m-contract").exists()
+        with pytest.raises(ConflictError):
+            await manager.control(up.id, "resume")
+        await manager.control(up.id, "approve")
+        assert await manager.wait(up.id, timeout=20) is UpgradeState.SUCCEEDED
+        with pytest.raises(RollbackRefused, match="contract"):
+            await manager.control(up.id, "rollback")
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+async def test_operator_rollback_while_waiting_for_approval(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    hosts = await make_ssh_hosts(2)
+    seed(hosts)
+    plan = make_plan(hosts, approve=True)
+    journal, manager = await open_manager(tmp_path / "j.db")
+    try:
+        up, _ = await manager.submit(plan)
+        await _until(lambda: up.view.state is UpgradeState.WAITING_APPROVAL)
+        await manager.control(up.id, "rollback")
+        assert await manager.wait(up.id, timeout=20) is UpgradeState.ROLLED_BACK
+        for name in hosts.names:
+            st = host_state(hosts, name)
+            assert (st["version"], st["drained"], st["markers"]) == ("1.0", False, [])
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+async def test_pause_resume_and_two_stage_abort(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    hosts = await make_ssh_hosts(3)
+    seed(hosts)
+    plan = make_plan(hosts)
+    journal, manager = await open_manager(tmp_path / "j.db")
+    try:
+        up, _ = await manager.submit(plan)
+        await _until(lambda: up.view.phases.get("upgrade") is not None)
+        await manager.control(up.id, "pause")
+        assert up.view.state is UpgradeState.PAUSED
+        seen = up.view.last_seq
+        await asyncio.sleep(0.5)
+        # paused between steps: at most the steps that were running finished
+        assert up.view.last_seq - seen < 8
+        await manager.control(up.id, "resume")
+        await manager.control(up.id, "abort")
+        state = await manager.wait(up.id, timeout=20)
+        assert state is UpgradeState.ABORTED
+        for name in hosts.names:
+            assert not host_state(hosts, name)["drained"]
+        with pytest.raises(ConflictError):
+            await manager.control(up.id, "pause")
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+async def test_preflight_fails_on_unknown_version_and_touches_nothing(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    hosts = await make_ssh_hosts(2)
+    seed(hosts)
+    (hosts.host_dir("host-2") / "version").write_text("0.9\n")
+    plan = make_plan(hosts)
+    upgrade_id, state, manager, journal = await run_to_end(plan, tmp_path / "j.db")
+    try:
+        assert state is UpgradeState.FAILED
+        view = manager.get(upgrade_id).view
+        assert "host-2" in (view.reason or "") and "0.9" in (view.reason or "")
+        assert not (hosts.host_dir("host-1") / "m-expand").exists()
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+async def test_rerun_skips_hosts_already_at_target(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    hosts = await make_ssh_hosts(2)
+    seed(hosts)
+    (hosts.host_dir("host-1") / "version").write_text("2.0\n")
+    (hosts.host_dir("host-1") / "m-upgrade").mkdir()
+    plan = make_plan(hosts)
+    upgrade_id, state, manager, journal = await run_to_end(plan, tmp_path / "j.db")
+    try:
+        assert state is UpgradeState.SUCCEEDED
+        view = manager.get(upgrade_id).view
+        assert view.phases["upgrade"].hosts["host-1"].state is HostState.SKIPPED
+        assert view.phases["upgrade"].hosts["host-2"].state is HostState.DONE
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll a condition on the engine's live view (it has no event to await)."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - polling a plain attribute
+            await asyncio.sleep(0.02)
