@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.engine.manager import UpgradeManager
 from orchestrator.engine.states import HostState, PhaseState, UpgradeState
 from orchestrator.errors import ConflictError, RollbackRefused
+from orchestrator.store.journal import Journal
+from orchestrator.transport.ssh import SSHPool
 from tests.enginekit import host_state, make_plan, open_manager, run_to_end, seed
 from tests.sshhosts import MakeSSHHosts
 
@@ -227,3 +230,108 @@ async def _until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():  # noqa: ASYNC110 - polling a plain attribute
             await asyncio.sleep(0.02)
+
+
+SLOW_PLAYBOOK = """
+name: faults
+phases:
+  - name: upgrade
+    rolling: app
+    steps:
+      - run: "echo {{{{ to_version }}}} > version"
+        undo: "echo {{{{ from_version }}}} > version"
+        idempotent: true
+      - run: "{command}"
+        timeout: {timeout}
+        idempotent: true
+"""
+
+
+async def test_connection_dropped_mid_command_fails_the_host_and_rolls_back(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    hosts = await make_ssh_hosts(2)
+    seed(hosts)
+    text = SLOW_PLAYBOOK.format(command="sleep 5", timeout=30)
+    plan = make_plan(hosts, playbook=text.replace("{", "{{").replace("}", "}}"))
+    journal, manager = await open_manager(tmp_path / "j.db")
+    try:
+        up, _ = await manager.submit(plan)
+        async with asyncio.timeout(15):
+            while "sleep 5" not in hosts.commands("host-1"):
+                await hosts.wait_for_commands("host-1", len(hosts.commands("host-1")) + 1)
+        hosts.drop("host-1")
+        assert await manager.wait(up.id, timeout=20) is UpgradeState.ROLLED_BACK
+        step = up.view.phases["upgrade"].hosts["host-1"].steps["upgrade/host-1/2"]
+        assert "may have run" in (step.error or "")
+        for name in hosts.names:
+            st = host_state(hosts, name)
+            assert (st["version"], st["drained"]) == ("1.0", False)
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+async def test_command_hanging_past_its_timeout_fails_the_step(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    hosts = await make_ssh_hosts(1)
+    seed(hosts)
+    text = SLOW_PLAYBOOK.format(command="sleep 30", timeout="300ms")
+    plan = make_plan(hosts, playbook=text.replace("{", "{{").replace("}", "}}"))
+    upgrade_id, state, manager, journal = await run_to_end(plan, tmp_path / "j.db", timeout=20)
+    try:
+        assert state is UpgradeState.ROLLED_BACK
+        step = manager.get(upgrade_id).view.phases["upgrade"].hosts["host-1"]
+        assert "timed out" in (step.error or "")
+        assert host_state(hosts, "host-1")["version"] == "1.0"
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+async def test_host_refusing_connections_fails_preflight(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    hosts = await make_ssh_hosts(2)
+    seed(hosts)
+    plan = make_plan(hosts)
+    hosts.refuse("host-2")
+
+    async def no_wait(_: float) -> None:
+        return None
+
+    journal = await Journal.open(tmp_path / "j.db")
+    manager = UpgradeManager(
+        journal, remote_factory=lambda p, s: SSHPool(p.hosts, s, policy_sleep=no_wait)
+    )
+    await manager.start()
+    try:
+        up, _ = await manager.submit(plan)
+        assert await manager.wait(up.id, timeout=20) is UpgradeState.FAILED
+        assert "host-2" in (up.view.reason or "")
+        assert up.view.preflight["host-1"]["status"] == "ready"
+        assert not (hosts.host_dir("host-1") / "m-expand").exists()
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+async def test_changed_host_key_stops_preflight_and_touches_nothing(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    hosts = await make_ssh_hosts(2)
+    seed(hosts)
+    plan = make_plan(hosts)
+    hosts.change_host_key("host-1")
+    upgrade_id, state, manager, journal = await run_to_end(plan, tmp_path / "j.db")
+    try:
+        assert state is UpgradeState.FAILED
+        reason = manager.get(upgrade_id).view.reason or ""
+        assert "host-1" in reason and "known_hosts" in reason
+        assert hosts.commands("host-2") == [] or all(
+            "mkdir" not in c for c in hosts.commands("host-2")
+        )
+    finally:
+        await manager.close()
+        await journal.close()

@@ -1,0 +1,185 @@
+"""Health checks, version probes and drain drivers against real local servers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from orchestrator import model
+from orchestrator.actions.drain import Drainer, DrainError, sessions
+from orchestrator.actions.health import Checker, json_path
+from orchestrator.transport.ssh import SSHPool
+from tests.sshhosts import MakeSSHHosts
+
+
+@pytest.fixture
+async def http_server() -> AsyncIterator[tuple[str, dict[str, object]]]:
+    state: dict[str, object] = {"status": 200, "version": "1.0", "calls": []}
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True}, status=int(str(state["status"])))
+
+    async def version(request: web.Request) -> web.Response:
+        return web.json_response({"release": {"version": state["version"]}})
+
+    async def hook(request: web.Request) -> web.Response:
+        calls = state["calls"]
+        assert isinstance(calls, list)
+        calls.append((request.method, request.path))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/", version)
+    app.router.add_route("*", "/hook/{name}", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}", state
+    await runner.cleanup()
+
+
+def test_json_path_walks_dicts_and_lists() -> None:
+    doc = {"a": {"b": [{"c": "x"}]}}
+    assert json_path(doc, "a.b.0.c") == "x"
+    assert json_path(doc, "a.z") is None
+    assert json_path(doc, None) == doc
+
+
+async def test_http_check_status_and_json(http_server: tuple[str, dict[str, object]]) -> None:
+    url, state = http_server
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(remote=None, session=session)  # type: ignore[arg-type]
+        ok = await checker.check(
+            "h", model.HttpCheck(url=f"{url}/health", json_path="ok", expect="True")
+        )
+        assert ok.ok, ok.detail
+        state["status"] = 503
+        bad = await checker.check("h", model.HttpCheck(url=f"{url}/health"))
+        assert not bad.ok
+        assert "503" in bad.detail
+        probe = model.VersionProbe(http=f"{url}/", json_path="release.version")
+        assert await checker.version("h", probe) == "1.0"
+
+
+async def test_tcp_check_open_and_closed(http_server: tuple[str, dict[str, object]]) -> None:
+    url, _ = http_server
+    port = int(url.rsplit(":", 1)[1])
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(remote=None, session=session)  # type: ignore[arg-type]
+        assert (await checker.check("h", model.TcpCheck(address="127.0.0.1", port=port))).ok
+        closed = await checker.check("h", model.TcpCheck(address="127.0.0.1", port=1, timeout=1))
+        assert not closed.ok
+
+
+async def test_until_healthy_needs_consecutive_passes_and_the_target_version(
+    http_server: tuple[str, dict[str, object]],
+) -> None:
+    url, state = http_server
+
+    async def fast(_: float) -> None:
+        await asyncio.sleep(0)
+
+    health = model.Health(
+        checks=(model.HttpCheck(url=f"{url}/health"),), passes=3, interval=0.01, deadline=0.5
+    )
+    probe = model.VersionProbe(http=f"{url}/", json_path="release.version")
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(remote=None, session=session)  # type: ignore[arg-type]
+        stale = await checker.until_healthy("h", health, version=probe, target="2.0", sleep=fast)
+        assert not stale.ok
+        assert "1.0" in stale.detail
+        state["version"] = "2.0"
+        fresh = await checker.until_healthy("h", health, version=probe, target="2.0", sleep=fast)
+        assert fresh.ok, fresh.detail
+
+
+async def test_http_drain_and_undrain(http_server: tuple[str, dict[str, object]]) -> None:
+    url, state = http_server
+    drain = model.HttpDrain(
+        url=f"{url}/hook/off", undo_url=f"{url}/hook/on", method="POST", timeout=5
+    )
+    async with aiohttp.ClientSession() as session:
+        drainer = Drainer(None, session, {}, _no_api, asyncio.sleep)  # type: ignore[arg-type]
+        await drainer.drain("h", drain)
+        await drainer.undrain("h", drain)
+    assert state["calls"] == [("POST", "/hook/off"), ("POST", "/hook/on")]
+
+
+async def _no_api(lb: model.LoadBalancerTarget, command: str) -> str:
+    raise AssertionError("no load balancer here")
+
+
+STAT = (
+    "# pxname,svname,qcur,qmax,scur,smax,status\n"
+    "api,web-1,0,0,{scur},5,UP\n"
+    "api,web-2,0,0,1,5,UP\n"
+    "api,BACKEND,0,0,2,9,UP\n"
+)
+
+
+def test_sessions_parses_show_stat() -> None:
+    assert sessions(STAT.format(scur=3), "api", "web-1") == 3
+    assert sessions(STAT.format(scur=3), "api", "nope") is None
+
+
+async def test_haproxy_drain_waits_for_sessions_then_maint() -> None:
+    commands: list[str] = []
+    scur = [2, 1, 0]
+
+    async def api(lb: model.LoadBalancerTarget, command: str) -> str:
+        commands.append(command)
+        if command == "show stat":
+            return STAT.format(scur=scur[0] if len(scur) == 1 else scur.pop(0))
+        return ""
+
+    lb = model.LoadBalancerTarget("pub", "haproxy", "api", None, None, "127.0.0.1:1")
+    drain = model.LoadBalancerDrain("pub", "web-1", "api", timeout=5)
+    async with aiohttp.ClientSession() as session:
+        drainer = Drainer(None, session, {"pub": lb}, api, lambda _: asyncio.sleep(0))  # type: ignore[arg-type]
+        await drainer.drain("web-1", drain)
+        await drainer.undrain("web-1", drain)
+    sets = [c for c in commands if c.startswith("set")]
+    assert sets == [
+        "set server api/web-1 state drain",
+        "set server api/web-1 state maint",
+        "set server api/web-1 state ready",
+    ]
+    assert commands.count("show stat") >= 3
+
+
+async def test_haproxy_drain_deadline_and_unknown_server() -> None:
+    async def stuck(lb: model.LoadBalancerTarget, command: str) -> str:
+        return STAT.format(scur=4) if command == "show stat" else ""
+
+    lb = model.LoadBalancerTarget("pub", "haproxy", "api", None, None, "127.0.0.1:1")
+    async with aiohttp.ClientSession() as session:
+        drainer = Drainer(None, session, {"pub": lb}, stuck, lambda _: asyncio.sleep(0.01))  # type: ignore[arg-type]
+        with pytest.raises(DrainError, match="still has 4 sessions"):
+            await drainer.drain(
+                "web-1", model.LoadBalancerDrain("pub", "web-1", "api", timeout=0.1)
+            )
+        with pytest.raises(DrainError, match="no server api/ghost"):
+            await drainer.drain("ghost", model.LoadBalancerDrain("pub", "ghost", "api", timeout=1))
+
+
+async def test_run_drain_waits_until_command_succeeds(make_ssh_hosts: MakeSSHHosts) -> None:
+    hosts = await make_ssh_hosts(1)
+    drain = model.RunDrain(
+        run="touch drained && (sleep 0.3; touch idle) >/dev/null 2>&1 &",
+        undo="rm -f drained idle",
+        wait_until="test -f idle",
+        timeout=5,
+    )
+    async with SSHPool(hosts.targets(become="none")) as pool, aiohttp.ClientSession() as session:
+        drainer = Drainer(pool, session, {}, _no_api, asyncio.sleep)
+        await drainer.drain("host-1", drain)
+        assert (hosts.host_dir("host-1") / "idle").exists()
+        await drainer.undrain("host-1", drain)
+        assert not (hosts.host_dir("host-1") / "drained").exists()
