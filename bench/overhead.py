@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import math
+import resource
 import sys
 import tempfile
 import time
@@ -89,8 +90,14 @@ async def main() -> None:
     logs.configure("json", level="error")
     with tempfile.TemporaryDirectory() as tmp:
         server = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", SERVER, str(Path(tmp) / "hosts"), str(args.hosts),
-            cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-c",
+            SERVER,
+            str(Path(tmp) / "hosts"),
+            str(args.hosts),
+            cwd=REPO,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         assert server.stdout is not None and server.stdin is not None
         info = json.loads(await server.stdout.readline())
@@ -102,9 +109,11 @@ async def main() -> None:
         manager = UpgradeManager(journal)
         await manager.start()
         started = time.perf_counter()
+        cpu_started = time.process_time()
         up, _ = await manager.submit(plan)
         state = await manager.wait(up.id, timeout=600)
         wall = time.perf_counter() - started
+        engine_cpu = time.process_time() - cpu_started
         view = up.view
         preflight_end = min(
             (p.started_at for p in view.phases.values() if p.started_at), default=None
@@ -114,6 +123,7 @@ async def main() -> None:
         await journal.close()
         server.stdin.close()
         await server.wait()
+        server_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     ideal = batches * args.steps * args.sleep
     print(f"hosts                 {args.hosts}")
@@ -125,6 +135,8 @@ async def main() -> None:
     if preflight_end and view.created_at:
         print(f"  preflight           {preflight_end - view.created_at:.2f} s")
         print(f"  phases              {(view.updated_at or 0) - preflight_end:.2f} s")
+    print(f"engine process CPU    {engine_cpu:.2f} s")
+    print(f"SSH servers CPU       {server_cpu.ru_utime + server_cpu.ru_stime:.2f} s (whole run)")
     print(f"ideal (critical path) {ideal:.2f} s")
     print(f"ratio                 {wall / ideal:.3f}  (target <= 1.10)")
 

@@ -174,6 +174,8 @@ class SSHPool:
         self._policy_sleep: Sleep | None = policy_sleep
         self._conns: dict[str, asyncssh.SSHClientConnection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._parsed_known_hosts: dict[str, asyncssh.SSHKnownHosts] = {}
+        self._parsed_keys: dict[str, asyncssh.SSHKey] = {}
 
     async def __aenter__(self) -> Self:
         return self
@@ -419,7 +421,11 @@ class SSHPool:
         if target.verify_host_keys:
             path = _known_hosts(target)
             try:
-                known_hosts = asyncssh.read_known_hosts(path)
+                # parsed once per pool: a fleet shares one known_hosts file, and
+                # re-parsing N keys for each of N hosts made preflight O(N^2)
+                known_hosts = self._parsed_known_hosts.get(path)
+                if known_hosts is None:
+                    known_hosts = self._parsed_known_hosts[path] = asyncssh.read_known_hosts(path)
             except (OSError, ValueError) as exc:
                 raise HostKeyError(
                     target.name, f"{where}: cannot read known_hosts {path}: {_describe(exc)}"
@@ -428,7 +434,9 @@ class SSHPool:
         if target.key is not None:
             key = os.path.expanduser(target.key)
             try:
-                client_keys = [asyncssh.read_private_key(key)]
+                if key not in self._parsed_keys:
+                    self._parsed_keys[key] = asyncssh.read_private_key(key)
+                client_keys = [self._parsed_keys[key]]
             except (OSError, asyncssh.KeyImportError) as exc:
                 raise TransportError(
                     target.name, f"cannot read SSH key {key}: {_describe(exc)}"
