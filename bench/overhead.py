@@ -23,8 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from orchestrator import logs
+from orchestrator.engine.manager import UpgradeManager
+from orchestrator.engine.view import UpgradeView
+from orchestrator.inventory import parse_inventory_text
+from orchestrator.plan import Options, compile_plan
+from orchestrator.playbook import parse_playbook_text
+from orchestrator.store.journal import Journal
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 SERVER = """
 import asyncio, json, sys
@@ -73,19 +80,40 @@ def inventory(info: dict[str, object]) -> str:
     )
 
 
+def report(
+    args: argparse.Namespace,
+    *,
+    batches: int,
+    state: str,
+    events: int,
+    wall: float,
+    view: UpgradeView,
+    engine_cpu: float,
+    server_cpu: resource.struct_rusage,
+) -> None:
+    preflight_end = min((p.started_at for p in view.phases.values() if p.started_at), default=None)
+    ideal = batches * args.steps * args.sleep
+    print(f"hosts                 {args.hosts}")
+    print(f"batches               {batches} (25% = {math.ceil(args.hosts / 4)} hosts)")
+    print(f"steps per host        {args.steps} x sleep {args.sleep}s")
+    print(f"final state           {state}")
+    print(f"journal events        {events}")
+    print(f"wall time             {wall:.2f} s")
+    if preflight_end and view.created_at:
+        print(f"  preflight           {preflight_end - view.created_at:.2f} s")
+        print(f"  phases              {(view.updated_at or 0) - preflight_end:.2f} s")
+    print(f"engine process CPU    {engine_cpu:.2f} s")
+    print(f"SSH servers CPU       {server_cpu.ru_utime + server_cpu.ru_stime:.2f} s (whole run)")
+    print(f"ideal (critical path) {ideal:.2f} s")
+    print(f"ratio                 {wall / ideal:.3f}  (target <= 1.10)")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hosts", type=int, default=200)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--sleep", type=float, default=0.2)
     args = parser.parse_args()
-
-    from orchestrator import logs
-    from orchestrator.engine.manager import UpgradeManager
-    from orchestrator.inventory import parse_inventory_text
-    from orchestrator.plan import Options, compile_plan
-    from orchestrator.playbook import parse_playbook_text
-    from orchestrator.store.journal import Journal
 
     logs.configure("json", level="error")
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,9 +143,6 @@ async def main() -> None:
         wall = time.perf_counter() - started
         engine_cpu = time.process_time() - cpu_started
         view = up.view
-        preflight_end = min(
-            (p.started_at for p in view.phases.values() if p.started_at), default=None
-        )
         events = len(await journal.events(up.id))
         await manager.close()
         await journal.close()
@@ -125,20 +150,16 @@ async def main() -> None:
         await server.wait()
         server_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
 
-    ideal = batches * args.steps * args.sleep
-    print(f"hosts                 {args.hosts}")
-    print(f"batches               {batches} (25% = {math.ceil(args.hosts / 4)} hosts)")
-    print(f"steps per host        {args.steps} x sleep {args.sleep}s")
-    print(f"final state           {state.label}")
-    print(f"journal events        {events}")
-    print(f"wall time             {wall:.2f} s")
-    if preflight_end and view.created_at:
-        print(f"  preflight           {preflight_end - view.created_at:.2f} s")
-        print(f"  phases              {(view.updated_at or 0) - preflight_end:.2f} s")
-    print(f"engine process CPU    {engine_cpu:.2f} s")
-    print(f"SSH servers CPU       {server_cpu.ru_utime + server_cpu.ru_stime:.2f} s (whole run)")
-    print(f"ideal (critical path) {ideal:.2f} s")
-    print(f"ratio                 {wall / ideal:.3f}  (target <= 1.10)")
+    report(
+        args,
+        batches=batches,
+        state=state.label,
+        events=events,
+        wall=wall,
+        view=view,
+        engine_cpu=engine_cpu,
+        server_cpu=server_cpu,
+    )
 
 
 if __name__ == "__main__":
