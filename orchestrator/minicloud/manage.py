@@ -1,0 +1,107 @@
+"""`minicloud-manage`: the database commands of an upgrade, run on a conductor host.
+
+```
+minicloud-manage db expand                     add the 2.0 tables (idempotent)
+minicloud-manage db migrate-data [--max-count N]
+                                               "N migrated, M remaining"; exit 1 while
+                                               rows remain, 0 when done
+minicloud-manage db contract [--check]         drop instances.host; exit 2 and say why
+                                               while a 1.0 service is alive or rows
+                                               are unmigrated (--check: only say)
+minicloud-manage db status                     schema state and row counts
+minicloud-manage service-versions [--json]     the services table
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import time
+
+from orchestrator.minicloud import MinicloudError, db
+from orchestrator.minicloud.layout import host_dir, read_host_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minicloud-manage", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    dbp = sub.add_parser("db", help="schema and data migrations")
+    dbsub = dbp.add_subparsers(dest="action", required=True)
+    dbsub.add_parser("expand", help="add the 2.0 tables")
+    migrate = dbsub.add_parser("migrate-data", help="online data migration")
+    migrate.add_argument("--max-count", type=int, default=None, metavar="N")
+    contract = dbsub.add_parser("contract", help="drop what 1.0 used")
+    contract.add_argument("--check", action="store_true", help="only report whether it may")
+    dbsub.add_parser("status", help="schema state and row counts")
+    versions = sub.add_parser("service-versions", help="every service's version and heartbeat")
+    versions.add_argument("--json", action="store_true")
+    return parser
+
+
+def service_versions(rows: list[db.ServiceRow], as_json: bool) -> str:
+    now = time.time()
+    if as_json:
+        return json.dumps(
+            [
+                {
+                    "binary": r.binary,
+                    "host": r.host,
+                    "version": r.version,
+                    "pin": r.pin,
+                    "port": r.port,
+                    "age": round(now - r.heartbeat, 3),
+                    "alive": r.alive(now),
+                }
+                for r in rows
+            ],
+            indent=2,
+        )
+    lines = [f"{'BINARY':<10} {'HOST':<10} VERSION PIN  {'AGE':>7}  STATE"]
+    for r in rows:
+        lines.append(
+            f"{r.binary:<10} {r.host:<10} {r.version:<7} {r.pin or '-':<4} "
+            f"{now - r.heartbeat:>6.1f}s  {'up' if r.alive(now) else 'down'}"
+        )
+    return "\n".join(lines)
+
+
+def run(argv: list[str]) -> tuple[int, str]:
+    args = _parser().parse_args(argv)
+    path = read_host_config(host_dir()).db
+    if args.command == "service-versions":
+        return 0, service_versions(db.services(path), args.json)
+    if args.action == "expand":
+        return 0, "expanded: placements added" if db.expand(path) else "already expanded"
+    if args.action == "migrate-data":
+        if args.max_count is not None and args.max_count < 1:
+            return 2, "--max-count must be at least 1"
+        migrated, remaining = db.migrate(path, args.max_count)
+        return (1 if remaining else 0), f"{migrated} migrated, {remaining} remaining"
+    if args.action == "status":
+        return 0, json.dumps(db.counts(path))
+    if args.check:
+        reasons = db.contract_blockers(path)
+        if reasons:
+            return 2, "contract would be refused: " + "; ".join(reasons)
+        return 0, "contract may proceed"
+    return 0, "contracted: instances.host dropped" if db.contract(path) else "already contracted"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        code, output = run(sys.argv[1:] if argv is None else argv)
+    except MinicloudError as exc:
+        print(f"minicloud-manage: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except sqlite3.Error as exc:
+        print(f"minicloud-manage: database: {exc}", file=sys.stderr)
+        return 1
+    print(output, file=sys.stdout if code in (0, 1) else sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
