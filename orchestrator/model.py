@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
+import pydantic_core
 from pydantic import Field, TypeAdapter
 
 # --- actions: what one step does on one host --------------------------------
@@ -283,7 +284,10 @@ def canonical_bytes(plan: Plan) -> bytes:
 def to_json(plan: Plan, *, indent: int | None = 2) -> str:
     data = to_data(plan)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
-    return json.dumps({"digest": digest.hexdigest(), **data}, indent=indent)
+    # pydantic_core's encoder: json.dumps with indent falls back to the
+    # pure-Python encoder, 6 s of a 10,000-host plan
+    text = pydantic_core.to_json({"digest": digest.hexdigest(), **data}, indent=indent)
+    return text.decode()
 
 
 def from_data(data: dict[str, Any]) -> Plan:

@@ -141,6 +141,14 @@ class Phase(BaseModel):
     approve: bool = False
     irreversible: bool = False
 
+    @field_validator("cleanup")
+    @classmethod
+    def _cleanup_runs(cls, value: list[Step]) -> list[Step]:
+        for step in value:
+            if step.run is None:
+                raise ValueError("cleanup steps are 'run' commands")
+        return value
+
     @field_validator("all", mode="before")
     @classmethod
     def _all_list(cls, value: Any) -> Any:

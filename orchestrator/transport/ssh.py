@@ -203,7 +203,7 @@ class SSHPool:
         host: str,
         command: str,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 - on expiry: kill, then a result
+        timeout: float | None = None,
         become: bool = False,
         on_line: Callable[[str], None] | None = None,
     ) -> CommandResult:
@@ -341,7 +341,7 @@ class SSHPool:
         path: str,
         request: str,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 - same contract as `run`
+        timeout: float | None = None,
     ) -> str:
         """Send one request to a UNIX socket on the host and return the whole reply.
 
