@@ -388,6 +388,9 @@ class Engine:
                 result = await self.remote.run(gate.host, gate.run)
                 ok = result.exit_status == gate.expect_exit
                 detail = f"{gate.run} on {gate.host} exited {result.exit_status}"
+                said = [line for line in result.output.splitlines() if line.strip()]
+                if said and not ok:
+                    detail += f": {said[-1][:300]}"
             await self.emit("gate", phase=phase.name, index=index, ok=ok, detail=detail)
             if not ok:
                 return False, detail

@@ -133,7 +133,8 @@ def _preflight(view: UpgradeView, data: dict[str, Any], at: float) -> None:
 def _phase_state(view: UpgradeView, data: dict[str, Any], at: float) -> None:
     phase = view.phase(data["phase"])
     phase.state = PhaseState(data["state"])
-    phase.reason = data.get("reason")
+    if "reason" in data:  # kept through rollback: why the phase failed stays visible
+        phase.reason = data["reason"]
     if phase.state is PhaseState.RUNNING and phase.started_at is None:
         phase.started_at = at
     if phase.state in (PhaseState.DONE, PhaseState.FAILED, PhaseState.ROLLED_BACK):
