@@ -4,13 +4,25 @@ only place that turns an OrchestratorError into an exit code."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import re
 import sys
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.table import Table
 
 from orchestrator import model
-from orchestrator.errors import InputError, OrchestratorError, UsageError
+from orchestrator.api.body import FILE_NAME_PATTERN
+from orchestrator.api.endpoint import DEFAULT_LISTEN, default_state_dir
+from orchestrator.api.openapi import ACTIONS
+from orchestrator.client import Client, render_status, resolve_endpoint, watch
+from orchestrator.errors import InputError, OrchestratorError, Problem, UsageError
 from orchestrator.inventory import load_inventory
+from orchestrator.logs import configure
 from orchestrator.plan import Options, compile_plan
 from orchestrator.planview import render_tree
 from orchestrator.playbook import load_playbook
@@ -36,6 +48,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="to_version", required=True, help="target version")
     p.add_argument("--on-failure", choices=["rollback", "pause"], help="override the playbook")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    p = sub.add_parser("serve", help="run the daemon (HTTP API; resumes unfinished upgrades)")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (default: %(default)s)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="journal, token, lock (default: $ORCHESTRATOR_STATE_DIR, ~/.local/state/orchestrator)",
+    )
+    p.add_argument("--token-file", type=Path, help="bearer token file (default: STATE_DIR/token)")
+    p.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="bytes per request body")
+    p.add_argument("--log-format", choices=["json", "console"], default="json")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    remote = _Parser(add_help=False)
+    remote.add_argument("--server", help="daemon URL (env ORCHESTRATOR_URL; default: local)")
+    remote.add_argument("--token", help="bearer token (env ORCHESTRATOR_TOKEN; default: local)")
+    remote.add_argument("--cacert", help="CA bundle to verify an HTTPS daemon")
+
+    p = sub.add_parser("submit", parents=[remote], help="submit an upgrade to the daemon")
+    p.add_argument("-i", "--inventory", required=True, help="inventory YAML file")
+    p.add_argument("-p", "--playbook", required=True, help="playbook file or shipped name (nova)")
+    p.add_argument("--from", dest="from_version", help="current version")
+    p.add_argument("--to", dest="to_version", required=True, help="target version")
+    p.add_argument("--on-failure", choices=["rollback", "pause"], help="override the playbook")
+    p.add_argument("--idempotency-key", help="a repeated submit with this key is a no-op")
+    p.add_argument("--dry-run", action="store_true", help="let the daemon compile, not run")
+    p.add_argument("--watch", action="store_true", help="then watch it to the end")
+    p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+
+    p = sub.add_parser("status", parents=[remote], help="one upgrade in detail, or all of them")
+    p.add_argument("id", nargs="?", help="upgrade id (default: list every upgrade)")
+    p.add_argument("--json", action="store_true", help="print the status document as JSON")
+
+    p = sub.add_parser("watch", parents=[remote], help="follow an upgrade live to its end")
+    p.add_argument("id", help="upgrade id")
+
+    for action in ACTIONS:
+        p = sub.add_parser(action, parents=[remote], help=f"{action} an upgrade")
+        p.add_argument("id", help="upgrade id")
     return parser
 
 
@@ -73,6 +126,133 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    # the server side (engine, SSH, HTTP app) loads only for `serve`: the client
+    # commands stay quick to start
+    from orchestrator.daemon import ServeConfig, serve  # noqa: PLC0415 - see above
+
+    configure(args.log_format, args.log_level)
+    config = ServeConfig(
+        state_dir=args.state_dir or default_state_dir(),
+        listen=args.listen,
+        token_file=args.token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        max_body=args.max_body,
+    )
+    return asyncio.run(serve(config))
+
+
+def _remote(
+    command: Callable[[Client, argparse.Namespace, TextIO], Awaitable[int]],
+) -> Callable[[argparse.Namespace, TextIO], int]:
+    """Run a client command in its own event loop with a connected Client."""
+
+    def run(args: argparse.Namespace, out: TextIO) -> int:
+        endpoint = resolve_endpoint(args.server, args.token, args.cacert)
+
+        async def go() -> int:
+            async with Client(endpoint) as client:
+                return await command(client, args, out)
+
+        return asyncio.run(go())
+
+    return run
+
+
+def _outcome(doc: dict[str, Any]) -> int:
+    return EXIT_OK if doc["state"] == "succeeded" else EXIT_FAILED
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(Problem(file=path, message="file not found")) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(Problem(file=path, message=f"cannot read: {exc}")) from None
+
+
+def submit_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The files' text goes to the daemon, which validates and compiles it."""
+    name = args.inventory if re.fullmatch(FILE_NAME_PATTERN, args.inventory) else None
+    body: dict[str, Any] = {
+        "inventory": _read(args.inventory),
+        "inventory_name": name or re.sub(r"[^A-Za-z0-9_.+-]", "_", Path(args.inventory).name),
+        "to_version": args.to_version,
+        "dry_run": args.dry_run,
+        "options": {"on_failure": args.on_failure} if args.on_failure else {},
+    }
+    if args.from_version:
+        body["from_version"] = args.from_version
+    if Path(args.playbook).is_file():
+        body["playbook"] = _read(args.playbook)
+    elif "/" in args.playbook or args.playbook.endswith((".yaml", ".yml")):
+        raise InputError(Problem(file=args.playbook, message="file not found"))
+    else:
+        body["playbook_name"] = args.playbook
+    return body
+
+
+async def cmd_submit(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    answer = await client.submit(submit_body(args), args.idempotency_key)
+    if args.json:
+        out.write(json.dumps(answer, indent=2) + "\n")
+    elif answer["dry_run"]:
+        out.write(render_tree(model.from_data(answer["plan"])))
+    else:
+        verb = "submitted" if answer["created"] else "already submitted"
+        out.write(f"{verb}: {answer['id']} (plan {answer['digest'][:12]})\n")
+    out.flush()
+    if args.watch and not answer["dry_run"]:
+        return _outcome(await watch(client, answer["id"], out))
+    return EXIT_OK
+
+
+async def cmd_status(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    console = Console(file=out, highlight=False)
+    if args.id is None:
+        ups = await client.upgrades()
+        if args.json:
+            out.write(json.dumps(ups, indent=2) + "\n")
+            return EXIT_OK
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("id", "state", "playbook", "inventory", "versions"):
+            table.add_column(column)
+        for up in ups:
+            versions = f"{up['from_version']} -> {up['to_version']}"
+            table.add_row(up["id"], up["state"], up["name"], up["inventory"], versions)
+        console.print(table)
+        return EXIT_OK
+    doc = await client.status(args.id)
+    if args.json:
+        out.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        console.print(render_status(doc))
+    return EXIT_OK
+
+
+async def cmd_watch(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    return _outcome(await watch(client, args.id, out))
+
+
+async def cmd_control(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    answer = await client.control(args.id, args.command)
+    reason = f" ({answer['reason']})" if answer.get("reason") else ""
+    out.write(f"{args.command}: upgrade {answer['id']} is {answer['state']}{reason}\n")
+    return EXIT_OK
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "plan": cmd_plan,
+    "serve": cmd_serve,
+    "submit": _remote(cmd_submit),
+    "status": _remote(cmd_status),
+    "watch": _remote(cmd_watch),
+    **dict.fromkeys(ACTIONS, _remote(cmd_control)),
+}
+
+
 def main(
     argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
@@ -80,8 +260,10 @@ def main(
     err = err or sys.stderr
     try:
         args = build_parser().parse_args(argv)
-        handler = {"plan": cmd_plan}[args.command]
-        return handler(args, out)
+        return HANDLERS[args.command](args, out)
+    except KeyboardInterrupt:
+        err.write("interrupted\n")
+        return 130
     except InputError as exc:
         for problem in exc.problems:
             err.write(f"error: {problem}\n")

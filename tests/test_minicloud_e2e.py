@@ -63,7 +63,7 @@ async def _upgrade(
                 while not up.view.state.terminal:
                     if approve and up.view.state is UpgradeState.WAITING_APPROVAL:
                         await manager.control(up.id, "approve")
-                    await asyncio.sleep(0.2)  # noqa: ASYNC110 - polling the live view
+                    await asyncio.sleep(0.2)
             await asyncio.sleep(0.5)
         return manager, up, load.report()
     finally:
@@ -144,7 +144,7 @@ async def test_contract_before_migrate_data_is_refused(tmp_path: Path) -> None:
     names.remove("contract-db")
     names.insert(names.index("migrate-data"), "contract-db")
     async with embedded_cloud(tmp_path / "cloud", conductors=2, apis=2, computes=2) as ec:
-        manager, up, report = await _upgrade(ec, tmp_path, _phases(*names))
+        _, up, report = await _upgrade(ec, tmp_path, _phases(*names))
         assert up.view.state is UpgradeState.ROLLED_BACK
         gate = up.view.phases["contract-db"]
         assert "gate failed" in (gate.reason or "")
