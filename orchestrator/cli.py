@@ -89,7 +89,38 @@ def build_parser() -> argparse.ArgumentParser:
     for action in ACTIONS:
         p = sub.add_parser(action, parents=[remote], help=f"{action} an upgrade")
         p.add_argument("id", help="upgrade id")
+
+    _local_commands(sub)
     return parser
+
+
+def _local_commands(sub: Any) -> None:
+    """`demo` and `minicloud`: everything on this machine, no daemon needed."""
+    p = sub.add_parser("demo", help="upgrade a local minicloud under load through the daemon")
+    p.add_argument("--computes", type=_positive, default=3, help="compute hosts (at least 2)")
+    p.add_argument("--fail-host", help="this host's 2.0 fails its health check: see rollback")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+    mc = sub.add_parser("minicloud", help="run or inspect a minicloud by hand")
+    mc_sub = mc.add_subparsers(dest="minicloud_command", required=True, parser_class=_Parser)
+    p = mc_sub.add_parser(
+        "up", help="start a minicloud, print its inventory path, run until stopped"
+    )
+    p.add_argument(
+        "--dir", type=Path, default=Path("minicloud"), help="where (default: ./minicloud)"
+    )
+    p.add_argument("--conductors", type=_positive, default=2)
+    p.add_argument("--apis", type=_positive, default=2)
+    p.add_argument("--computes", type=_positive, default=3)
+    p = mc_sub.add_parser("status", help="each host's service versions and pins")
+    p.add_argument("--dir", type=Path, default=Path("minicloud"), help="the cloud's directory")
+    p.add_argument("--json", action="store_true")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def build(inventory: str, playbook: str, options: Options) -> model.Plan:
@@ -173,12 +204,18 @@ def _read(path: str) -> str:
         raise InputError(Problem(file=path, message=f"cannot read: {exc}")) from None
 
 
+def _display_name(path: str) -> str:
+    """The path as typed, for the daemon's error messages (if it is a plain one)."""
+    if re.fullmatch(FILE_NAME_PATTERN, path):
+        return path
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", Path(path).name)[:255] or "file"
+
+
 def submit_body(args: argparse.Namespace) -> dict[str, Any]:
     """The files' text goes to the daemon, which validates and compiles it."""
-    name = args.inventory if re.fullmatch(FILE_NAME_PATTERN, args.inventory) else None
     body: dict[str, Any] = {
         "inventory": _read(args.inventory),
-        "inventory_name": name or re.sub(r"[^A-Za-z0-9_.+-]", "_", Path(args.inventory).name),
+        "inventory_name": _display_name(args.inventory),
         "to_version": args.to_version,
         "dry_run": args.dry_run,
         "options": {"on_failure": args.on_failure} if args.on_failure else {},
@@ -187,6 +224,7 @@ def submit_body(args: argparse.Namespace) -> dict[str, Any]:
         body["from_version"] = args.from_version
     if Path(args.playbook).is_file():
         body["playbook"] = _read(args.playbook)
+        body["playbook_file"] = _display_name(args.playbook)
     elif "/" in args.playbook or args.playbook.endswith((".yaml", ".yml")):
         raise InputError(Problem(file=args.playbook, message="file not found"))
     else:
@@ -243,7 +281,41 @@ async def cmd_control(client: Client, args: argparse.Namespace, out: TextIO) -> 
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    # minicloud and the demo load only for these commands
+    from orchestrator import demo  # noqa: PLC0415 - see above
+
+    configure("console", "warning")
+    if args.computes < 2:
+        raise UsageError("--computes: the minicloud playbook needs at least 2 computes")
+    summary = asyncio.run(
+        demo.run_demo(computes=args.computes, fail_host=args.fail_host, as_json=args.json, out=out)
+    )
+    return demo.exit_code(summary)
+
+
+def cmd_minicloud(args: argparse.Namespace, out: TextIO) -> int:
+    from orchestrator.minicloud import commands  # noqa: PLC0415 - see cmd_demo
+
+    configure("console", "warning")
+    if args.minicloud_command == "up":
+        return asyncio.run(
+            commands.up(
+                args.dir.resolve(),
+                conductors=args.conductors,
+                apis=args.apis,
+                computes=args.computes,
+                out=out,
+            )
+        )
+    if not (args.dir / "db.sqlite").exists():
+        raise UsageError(f"--dir {args.dir}: no minicloud there (start one with 'minicloud up')")
+    return asyncio.run(commands.status(args.dir.resolve(), as_json=args.json, out=out))
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "demo": cmd_demo,
+    "minicloud": cmd_minicloud,
     "plan": cmd_plan,
     "serve": cmd_serve,
     "submit": _remote(cmd_submit),
@@ -269,7 +341,8 @@ def main(
             err.write(f"error: {problem}\n")
         return exc.exit_code
     except UsageError as exc:
-        err.write(f"{exc}\n")
+        text = str(exc)  # argparse's own messages start with the usage line
+        err.write(f"{text}\n" if text.startswith("usage:") else f"error: {text}\n")
         return exc.exit_code
     except OrchestratorError as exc:
         err.write(f"error: {exc}\n")

@@ -296,6 +296,8 @@ class Engine:
         async with asyncio.TaskGroup() as group:
             for target in self.plan.hosts:
                 group.create_task(one(target))
+        if self._rollback or self._abort_level:
+            raise Stop()  # ordered while preflight ran: nothing was changed yet
         if problems:
             await self.set_upgrade(U.FAILED, "preflight failed: " + "; ".join(sorted(problems)))
             raise Stop()

@@ -25,8 +25,8 @@ import contextlib
 import dataclasses
 import getpass
 import os
-import re
 import posixpath
+import re
 import signal
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field

@@ -1,0 +1,159 @@
+"""The aiohttp application: routes, the bearer-token check, and the one place
+where errors become HTTP answers.
+
+Resources live on the app under typed keys (`orchestrator.api.keys`), and the
+manager's lifecycle is tied to the app's with `cleanup_ctx`: the manager
+starts (and resumes unfinished upgrades) when the app starts, and closes
+when it is cleaned up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from orchestrator.api import handlers, keys, sse
+from orchestrator.api.metrics import Metrics
+from orchestrator.api.openapi import ACTIONS
+from orchestrator.engine.manager import UpgradeManager
+from orchestrator.errors import OrchestratorError
+
+log = structlog.get_logger("orchestrator.api")
+
+MAX_BODY = 8 * 1024 * 1024
+PUBLIC = frozenset({"/healthz"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(
+    status: int, kind: str, message: str, problems: list[dict[str, Any]] | None = None
+) -> web.Response:
+    error = {"status": status, "type": kind, "message": message, "problems": problems or []}
+    body = {"error": error}
+    return handlers.json_response(body, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as JSON `{"error": {status, type, message, problems}}`."""
+    try:
+        return await handler(request)
+    except OrchestratorError as exc:
+        problems = [p.to_dict() for p in getattr(exc, "problems", ())]
+        if exc.http_status >= 500:
+            log.error("request failed", method=request.method, path=request.path, error=str(exc))
+        return error_response(exc.http_status, type(exc).__name__, str(exc), problems)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(exc.status, "HTTPError", exc.reason)
+        for header in ("Allow", "WWW-Authenticate"):
+            if header in exc.headers:
+                response.headers[header] = exc.headers[header]
+        return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("request crashed", method=request.method, path=request.path)
+        return error_response(500, "InternalError", "internal error; the daemon log has details")
+
+
+def auth_middleware(token: str) -> Any:
+    expected = token.encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in PUBLIC:
+            header = request.headers.get("Authorization", "")
+            scheme, _, given = header.partition(" ")
+            # compare_digest on bytes: constant time whatever the input
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), expected
+            ):
+                raise web.HTTPUnauthorized(
+                    reason="a valid bearer token is required",
+                    headers={"WWW-Authenticate": 'Bearer realm="orchestrator"'},
+                )
+        return await handler(request)
+
+    return check
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One structured line per request: method, path (no query), status, time.
+    Never headers or bodies: they carry the token and operator input."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            ms=round(time * 1000, 1),
+            remote=request.remote,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+
+def make_app(
+    manager: UpgradeManager,
+    token: str,
+    *,
+    metrics: Metrics | None = None,
+    max_body: int = MAX_BODY,
+) -> web.Application:
+    """The API over `manager`. Starting the app starts the manager (resuming
+    unfinished upgrades); cleaning it up closes the manager (not its journal,
+    which whoever opened it closes)."""
+    if not token:
+        raise ValueError("an empty token would let anyone in")
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware(token)], client_max_size=max_body
+    )
+    app[keys.MANAGER] = manager
+    app[keys.TOKEN] = token
+    app[keys.METRICS] = metrics or Metrics()
+    app[keys.STOPPING] = asyncio.Event()
+    app[keys.SUBMIT_LOCK] = asyncio.Lock()
+    app[keys.STATUS_CACHE] = {}
+    app.cleanup_ctx.append(_manager_lifecycle)
+    app.on_shutdown.append(_stop_streams)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/v1/openapi.json", handlers.openapi)
+    app.router.add_get("/v1/upgrades", handlers.list_upgrades)
+    app.router.add_post("/v1/upgrades", handlers.submit)
+    app.router.add_get("/v1/upgrades/{id}", handlers.get_upgrade)
+    app.router.add_get("/v1/upgrades/{id}/plan", handlers.get_plan)
+    app.router.add_get("/v1/upgrades/{id}/events", sse.events)
+    for action in ACTIONS:
+        app.router.add_post(f"/v1/upgrades/{{id}}/{action}", handlers.control(action))
+    return app
+
+
+async def _manager_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    manager = app[keys.MANAGER]
+    started = time.monotonic()
+    await manager.start()
+    log.info(
+        "manager started",
+        upgrades=len(manager.upgrades),
+        ms=round((time.monotonic() - started) * 1000, 1),
+    )
+    yield
+    app[keys.STOPPING].set()
+    await manager.close()
+
+
+async def _stop_streams(app: web.Application) -> None:
+    app[keys.STOPPING].set()

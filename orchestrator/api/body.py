@@ -1,0 +1,106 @@
+"""The one request body the API parses: POST /v1/upgrades.
+
+Validated with pydantic at the edge, turned into the same located problems
+(`file`, `line`, `field`, `message`) that `orchestrator plan` prints.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.errors import InputError, Problem, UsageError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+# a file name as the operator typed it, for error messages ("site/inv.yaml:3")
+FILE_NAME_PATTERN = r"^[A-Za-z0-9_.+/-]{1,255}$"
+MAX_TEXT = 4 * 1024 * 1024
+BODY = "request body"
+NOT_NULLABLE = (
+    "inventory_name",
+    "playbook",
+    "playbook_file",
+    "playbook_name",
+    "from_version",
+    "options",
+)
+
+
+class MalformedBody(UsageError):
+    """The body is not JSON at all (HTTP 400); carries where it broke."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problems = [problem]
+        super().__init__(str(problem))
+
+
+class SubmitOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    on_failure: Literal["rollback", "pause"] | None = None
+
+
+class SubmitBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    inventory: str = Field(min_length=1, max_length=MAX_TEXT)
+    inventory_name: str = Field("inventory.yaml", pattern=FILE_NAME_PATTERN)
+    playbook: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
+    playbook_file: str = Field("playbook.yaml", pattern=FILE_NAME_PATTERN)
+    playbook_name: str | None = Field(None, pattern=NAME_PATTERN)
+    from_version: str | None = Field(None, min_length=1, max_length=64)
+    to_version: str = Field(min_length=1, max_length=64)
+    options: SubmitOptions = SubmitOptions()
+    dry_run: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        """Optional means "leave it out", never null: the OpenAPI schema says so too."""
+        if isinstance(data, dict):
+            for key in NOT_NULLABLE:
+                if key in data and data[key] is None:
+                    raise ValueError(f"'{key}' must not be null; leave it out instead")
+        return data
+
+    @model_validator(mode="after")
+    def _one_playbook(self) -> SubmitBody:
+        if (self.playbook is None) == (self.playbook_name is None):
+            raise ValueError(
+                "give exactly one of 'playbook' (YAML text) or 'playbook_name' (a shipped one)"
+            )
+        if self.playbook is None and "playbook_file" in self.model_fields_set:
+            raise ValueError("'playbook_file' names the text given in 'playbook'")
+        return self
+
+
+def parse_submit(raw: bytes) -> SubmitBody:
+    """Bytes -> SubmitBody, or MalformedBody (400) / InputError (422)."""
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise MalformedBody(Problem(file=BODY, message=f"not UTF-8: {exc.reason}")) from None
+    except json.JSONDecodeError as exc:
+        raise MalformedBody(
+            Problem(file=BODY, line=exc.lineno, column=exc.colno, message=f"not JSON: {exc.msg}")
+        ) from None
+    try:
+        return SubmitBody.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(validation_problems(exc)) from None
+
+
+def validation_problems(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        field = ".".join(loc) or None
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        message = message.removeprefix("Value error, ")
+        problems.append(Problem(file=BODY, field=field, message=message))
+    return problems

@@ -1,0 +1,189 @@
+"""Request handlers. They parse, call the manager, and answer JSON; errors are
+raised as the package's exceptions and turned into HTTP answers in one place
+(`orchestrator.api.app.error_middleware`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from orchestrator import model
+from orchestrator.api import keys
+from orchestrator.api.body import BODY, SubmitBody, parse_submit
+from orchestrator.api.metrics import CONTENT_TYPE
+from orchestrator.api.openapi import IDEMPOTENCY_KEY_PATTERN, SPEC
+from orchestrator.engine.manager import Upgrade
+from orchestrator.engine.status import status_document, summary
+from orchestrator.errors import ConflictError, InputError, Problem, UsageError
+from orchestrator.inventory import parse_inventory_text
+from orchestrator.plan import Options, compile_plan
+from orchestrator.playbook import Playbook, parse_playbook, parse_playbook_text, shipped_playbooks
+from orchestrator.source import Document, load_file, suggest
+
+IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
+def json_response(data: Any, status: int = 200, **kwargs: Any) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+        **kwargs,
+    )
+
+
+# --- building a plan from a body (runs in a worker thread) -------------------
+
+
+def _playbook(body: SubmitBody) -> tuple[Playbook, Document]:
+    if body.playbook is not None:
+        return parse_playbook_text(body.playbook, body.playbook_file)
+    assert body.playbook_name is not None
+    shipped = shipped_playbooks()
+    path = shipped.get(body.playbook_name)
+    if path is None:
+        raise InputError(
+            Problem(
+                file=BODY,
+                field="playbook_name",
+                message=f"no shipped playbook '{body.playbook_name}'"
+                f"{suggest(body.playbook_name, shipped)}; shipped: {', '.join(shipped)}",
+            )
+        )
+    return parse_playbook(load_file(path, f"playbooks/{path.name}"))
+
+
+def build_plan(body: SubmitBody) -> model.Plan:
+    """Both documents are checked before giving up, so one answer lists every problem."""
+    problems: list[Problem] = []
+    inventory = playbook = None
+    try:
+        inventory = parse_inventory_text(body.inventory, body.inventory_name)
+    except InputError as exc:
+        problems.extend(exc.problems)
+    try:
+        playbook = _playbook(body)
+    except InputError as exc:
+        problems.extend(exc.problems)
+    if problems or inventory is None or playbook is None:
+        raise InputError(problems)
+    options = Options(
+        to_version=body.to_version,
+        from_version=body.from_version,
+        on_failure=body.options.on_failure,
+    )
+    return compile_plan(inventory[0], inventory[1], playbook[0], playbook[1], options)
+
+
+def plan_data(plan: model.Plan, digest: str) -> dict[str, Any]:
+    return {"digest": digest, **model.to_data(plan)}
+
+
+def _summary(up: Upgrade) -> dict[str, Any]:
+    return summary(up.id, up.plan, up.view, up.digest)
+
+
+# --- handlers ------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    stopping = request.app[keys.STOPPING].is_set()
+    return json_response({"status": "stopping" if stopping else "ok"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(SPEC)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = request.app[keys.METRICS].render(request.app[keys.MANAGER])
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def list_upgrades(request: web.Request) -> web.Response:
+    ups = sorted(request.app[keys.MANAGER].upgrades.values(), key=lambda u: (u.created_at, u.id))
+    return json_response({"upgrades": [_summary(up) for up in ups]})
+
+
+async def submit(request: web.Request) -> web.Response:
+    app = request.app
+    if app[keys.STOPPING].is_set():
+        raise web.HTTPServiceUnavailable(reason="the daemon is shutting down")
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        raise UsageError("Idempotency-Key must be 1 to 200 printable ASCII characters")
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(reason="send the body as application/json")
+    body = parse_submit(await request.read())
+    plan = await asyncio.to_thread(build_plan, body)
+    if body.dry_run:
+        digest = plan.digest
+        return json_response(
+            {
+                "id": None,
+                "created": False,
+                "dry_run": True,
+                "digest": digest,
+                "warnings": list(plan.warnings),
+                "upgrade": None,
+                "plan": plan_data(plan, digest),
+            }
+        )
+    manager = app[keys.MANAGER]
+    # one submit at a time: the manager checks "one active upgrade per inventory"
+    # and idempotency keys before it awaits the journal
+    async with app[keys.SUBMIT_LOCK]:
+        if app[keys.STOPPING].is_set():
+            raise web.HTTPServiceUnavailable(reason="the daemon is shutting down")
+        up, created = await manager.submit(
+            plan, idempotency_key=key, meta={"via": "api", "playbook": plan.name}
+        )
+    if not created and up.digest != plan.digest:
+        raise ConflictError(
+            f"Idempotency-Key was first used for upgrade {up.id}, whose plan differs "
+            "from this request's; use a new key for a new upgrade"
+        )
+    return json_response(
+        {
+            "id": up.id,
+            "created": created,
+            "dry_run": False,
+            "digest": up.digest,
+            "warnings": list(up.plan.warnings),
+            "upgrade": _summary(up),
+            "plan": plan_data(up.plan, up.digest),
+        },
+        status=201 if created else 200,
+        headers={"Location": f"/v1/upgrades/{up.id}"},
+    )
+
+
+async def get_upgrade(request: web.Request) -> web.Response:
+    up = request.app[keys.MANAGER].get(request.match_info["id"])
+    cache = request.app[keys.STATUS_CACHE]
+    cached = cache.get(up.id)
+    if cached is None or cached[0] != up.view.last_seq:
+        doc = status_document(up.id, up.plan, up.view, up.digest)
+        cached = (up.view.last_seq, json.dumps(doc, separators=(",", ":")).encode())
+        cache[up.id] = cached
+    return web.Response(body=cached[1], content_type="application/json")
+
+
+async def get_plan(request: web.Request) -> web.Response:
+    up = request.app[keys.MANAGER].get(request.match_info["id"])
+    return json_response(plan_data(up.plan, up.digest))
+
+
+def control(action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """POST /v1/upgrades/{id}/<action>: journaled by the engine before it answers."""
+
+    async def handle(request: web.Request) -> web.Response:
+        up = await request.app[keys.MANAGER].control(request.match_info["id"], action)
+        return json_response(_summary(up))
+
+    return handle

@@ -1,0 +1,19 @@
+"""Typed application keys (aiohttp `web.AppKey`): what the app holds."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from orchestrator.api.metrics import Metrics
+from orchestrator.engine.manager import UpgradeManager
+
+MANAGER = web.AppKey("manager", UpgradeManager)
+TOKEN = web.AppKey("token", str)
+METRICS = web.AppKey("metrics", Metrics)
+# set on the first stop signal: no new upgrades, event streams end
+STOPPING = web.AppKey("stopping", asyncio.Event)
+SUBMIT_LOCK = web.AppKey("submit_lock", asyncio.Lock)
+# upgrade id -> (last journal seq folded in, the status document as JSON bytes)
+STATUS_CACHE = web.AppKey("status_cache", dict[str, tuple[int, bytes]])

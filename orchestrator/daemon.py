@@ -1,0 +1,230 @@
+"""`orchestrator serve`: the long-running daemon.
+
+Wiring: state directory -> lock, token file, journal -> manager -> HTTP app.
+Starting the app resumes every unfinished upgrade from the journal. SIGTERM
+or SIGINT stop in two stages (uvicorn's `handle_exit`): the first lets the
+running steps finish and be journaled while nothing new starts; a second
+cancels them. Either way the journal lets the next daemon continue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import ssl
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from orchestrator.api import keys
+from orchestrator.api.app import AccessLogger, make_app
+from orchestrator.api.endpoint import ADDRESS_FILE, DEFAULT_LISTEN, TOKEN_FILE
+from orchestrator.api.metrics import Metrics
+from orchestrator.engine.manager import UpgradeManager
+from orchestrator.errors import ConflictError, UsageError
+from orchestrator.store.journal import Journal
+
+log = structlog.get_logger("orchestrator.daemon")
+
+JOURNAL_FILE = "journal.sqlite3"
+LOCK_FILE = "daemon.lock"
+SHUTDOWN_GRACE = 5.0  # seconds open requests (event streams) get once the app stops
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    state_dir: Path
+    listen: str = DEFAULT_LISTEN
+    token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_body: int = 8 * 1024 * 1024
+
+    @property
+    def token_path(self) -> Path:
+        return self.token_file or self.state_dir / TOKEN_FILE
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``127.0.0.1:8750``, ``[::1]:8750``, ``localhost:0`` -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise UsageError(f"--listen {text!r}: expected HOST:PORT, like {DEFAULT_LISTEN}")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_or_create_token(path: Path) -> str:
+    """Read the token, or write a new random one to a 0600 file. A token file
+    that others can read is refused, the way ssh refuses an open private key."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: the token file's directory does not exist") from None
+    except FileExistsError:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise UsageError(
+                f"{path}: token file is accessible by others (mode {stat.filemode(mode)}); "
+                f"chmod 600 {path}"
+            ) from None
+        token = path.read_text(encoding="utf-8").strip()
+        if len(token) < 16:
+            raise UsageError(f"{path}: token is empty or shorter than 16 characters") from None
+        return token
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+    log.info("generated a new API token", token_file=str(path))
+    return token
+
+
+def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise UsageError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
+    return context
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """One daemon per state directory: two would run the same upgrades twice."""
+    path = state_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise ConflictError(
+                f"another daemon (pid {holder}) is using the state directory {state_dir}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; a killed daemon releases it too
+
+
+def _url(address: object, tls: bool) -> str:
+    assert isinstance(address, tuple)
+    host, port = str(address[0]), int(address[1])
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
+def _write_address(state_dir: Path, url: str) -> None:
+    tmp = state_dir / (ADDRESS_FILE + ".tmp")
+    tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}) + "\n", encoding="utf-8")
+    tmp.replace(state_dir / ADDRESS_FILE)
+
+
+async def serve(config: ServeConfig) -> int:
+    parse_listen(config.listen)  # a bad address fails before anything is touched
+    context = tls_context(config.tls_cert, config.tls_key)
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise UsageError(f"cannot create the state directory {config.state_dir}: {exc}") from None
+    with state_lock(config.state_dir):
+        token = load_or_create_token(config.token_path)
+        metrics = Metrics()
+        journal = await Journal.open(config.state_dir / JOURNAL_FILE)
+        try:
+            manager = UpgradeManager(journal, on_event=metrics.observe)
+            app = make_app(manager, token, metrics=metrics, max_body=config.max_body)
+            await _run(app, manager, config, context)
+        finally:
+            await journal.close()
+    log.info("stopped")
+    return 0
+
+
+async def _run(
+    app: web.Application,
+    manager: UpgradeManager,
+    config: ServeConfig,
+    context: ssl.SSLContext | None,
+) -> None:
+    host, port = parse_listen(config.listen)
+    runner = web.AppRunner(
+        app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
+    )
+    await runner.setup()  # starts the manager: unfinished upgrades resume here
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=context)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+        url = _url(runner.addresses[0], context is not None)
+        _write_address(config.state_dir, url)
+        if not is_loopback(host) and context is None:
+            log.warning("listening beyond loopback without TLS: the token travels in clear text")
+        log.info(
+            "listening",
+            url=url,
+            token_file=str(config.token_path),
+            state_dir=str(config.state_dir),
+            upgrades=len(manager.upgrades),
+        )
+        await _until_stopped(app, manager)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            (config.state_dir / ADDRESS_FILE).unlink()
+        await runner.cleanup()
+
+
+async def _until_stopped(app: web.Application, manager: UpgradeManager) -> None:
+    loop = asyncio.get_running_loop()
+    received: asyncio.Queue[signal.Signals] = asyncio.Queue()
+    watched = (signal.SIGTERM, signal.SIGINT)
+    for sig in watched:
+        loop.add_signal_handler(sig, received.put_nowait, sig)
+    try:
+        first = await received.get()
+        log.info(
+            "stopping: running steps finish and are journaled; signal again to cancel them",
+            signal=first.name,
+        )
+        app[keys.STOPPING].set()
+        graceful = asyncio.create_task(manager.stop(), name="stop-graceful")
+        second = asyncio.create_task(received.get(), name="second-signal")
+        done, _ = await asyncio.wait({graceful, second}, return_when=asyncio.FIRST_COMPLETED)
+        if second in done:
+            log.warning("second signal: cancelling running steps", signal=second.result().name)
+            await manager.stop(cancel=True)
+            await graceful
+        else:
+            second.cancel()
+            await asyncio.gather(second, return_exceptions=True)
+            graceful.result()
+    finally:
+        for sig in watched:
+            loop.remove_signal_handler(sig)
