@@ -25,11 +25,11 @@ from typing import Any, TextIO
 
 from orchestrator.api.endpoint import ADDRESS_FILE, TOKEN_FILE
 from orchestrator.client import Client, Endpoint, watch
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.minicloud import db
 from orchestrator.minicloud.control import versions
 from orchestrator.minicloud.embedded import embedded_cloud
-from orchestrator.minicloud.layout import read_host_config
+from orchestrator.minicloud.layout import PREFIX, read_host_config
 from orchestrator.minicloud.loadgen import LoadGenerator
 
 DAEMON_START_DEADLINE = 30.0
@@ -121,15 +121,16 @@ async def run_demo(
     keep: Path | None = None,
 ) -> dict[str, Any]:
     """Run the demo and return its summary (also printed)."""
+    counts = {"conductor": 2, "api": 2, "compute": computes}
+    names = [f"{PREFIX[role]}-{i}" for role, n in counts.items() for i in range(1, n + 1)]
+    if fail_host is not None and fail_host not in names:
+        raise UsageError(f"--fail-host {fail_host}: no such host (hosts: {', '.join(names)})")
     chatter: TextIO = sys.stderr if as_json else out
     with tempfile.TemporaryDirectory(prefix="orchestrator-demo-") as tmp:
         root = keep or Path(tmp)
         faults = {fail_host: ["unhealthy-2.0"]} if fail_host else {}
         chatter.write(f"demo: starting minicloud ({computes} computes) in {root / 'cloud'}\n")
         async with embedded_cloud(root / "cloud", computes=computes, faults=faults) as ec:
-            if fail_host is not None and fail_host not in {h.name for h in ec.cloud.hosts}:
-                names = ", ".join(h.name for h in ec.cloud.hosts)
-                raise DemoError(f"--fail-host {fail_host}: no such host (hosts: {names})")
             chatter.write(f"demo: inventory {ec.inventory_path}\n")
             async with running_daemon(root / "state") as daemon, Client(daemon.endpoint) as client:
                 chatter.write(f"demo: daemon at {daemon.endpoint.url}, load on {ec.lb.url}\n")

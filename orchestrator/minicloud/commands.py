@@ -15,9 +15,7 @@ from orchestrator.minicloud.embedded import embedded_cloud
 from orchestrator.minicloud.layout import load_cloud, read_host_config, read_release
 
 
-async def up(
-    directory: Path, *, conductors: int, apis: int, computes: int, out: TextIO
-) -> int:
+async def up(directory: Path, *, conductors: int, apis: int, computes: int, out: TextIO) -> int:
     """Start a cloud, print its inventory path, run until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -68,8 +66,7 @@ async def status_data(directory: Path) -> dict[str, Any]:
         "directory": str(cloud.directory),
         "hosts": {name: hosts[name] for name in sorted(hosts)},
         "services": [
-            {"binary": r.binary, "host": r.host, "version": r.version, "pin": r.pin}
-            for r in rows
+            {"binary": r.binary, "host": r.host, "version": r.version, "pin": r.pin} for r in rows
         ],
         "schema": {"contracted": contracted, **db.counts(cloud.db)},
     }

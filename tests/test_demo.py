@@ -1,0 +1,56 @@
+"""`orchestrator demo --json` end to end: minicloud, the daemon as a child
+process, the load generator and the HTTP API, as `make demo` runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_demo_json_summary_says_n_requests_0_failed() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "demo",
+        "--json",
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    summary = json.loads(out.decode().strip().splitlines()[-1])
+    assert summary["state"] == "succeeded"
+    assert summary["failed"] == 0
+    assert summary["requests"] > 500
+    assert summary["duration_s"] > 0
+    assert set(summary["versions"].values()) == {"2.0"}
+    assert len(summary["versions"]) == 7  # 2 conductors, 2 APIs, 3 computes
+    assert not summary["old_column_present"]
+    assert "demo: approving" in err.decode()  # the point of no return was approved over HTTP
+
+
+async def test_demo_rejects_an_unknown_fail_host_before_upgrading() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "demo",
+        "--fail-host",
+        "nope",
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert "--fail-host nope: no such host (hosts: ctl-1, ctl-2, api-1" in err.decode()
