@@ -8,8 +8,11 @@ What a caller can rely on:
 * opening a connection is retried by `retry.connect_policy`; a command is
   never retried: a connection lost while it ran raises `TransportError`
   saying it may have run;
-* a command over its timeout is killed and comes back with
-  ``timed_out=True``;
+* a command over its timeout (or whose caller is cancelled) is killed and
+  comes back with ``timed_out=True``; OpenSSH's sshd neither kills a command
+  whose channel closes nor honours the ``signal`` request for root logins,
+  forced commands or a sudo'd command, so there a command runs inside a
+  small watchdog (`_watchdog`) that kills its process group on request;
 * secrets exist only in the bytes sent to the host: logs show the marker
   form and outputs and error messages are redacted.
 
@@ -159,6 +162,34 @@ def _sudo(command: str) -> str:
     return f"sudo -n sh -c {shlex.quote(command)}"
 
 
+# A line on the command's stdin that makes the watchdog kill it. Only this
+# line does: a connection that merely drops (EOF) leaves the command running,
+# as sshd itself would, so "it may have run" stays the whole truth.
+KILL_LINE = "kill\n"
+# POSIX sh. fd 3 keeps the channel's stdin for the watcher, the command gets
+# /dev/null as before; the wrapper's own stderr goes to /dev/null so a shell's
+# "Killed" notice does not join the output. `kill 0` is the session's process
+# group: sshd starts every session with setsid(), and daemons a command starts
+# in their own session survive. A command killed by a signal kills the
+# wrapper with the same signal, so the exit status still says "signal".
+_WATCHDOG = (
+    "exec 3<&0 4>&2 </dev/null 2>/dev/null; "
+    '{{ read -r l <&3 && [ "$l" = kill ] && kill -KILL 0; }} >/dev/null 4>&- & '
+    "sh -c {command} 2>&4 3<&- 4>&-; s=$?; kill $! 2>/dev/null; "
+    '[ "$s" -gt 128 ] && kill -$((s - 128)) $$; exit "$s"'
+)
+
+
+def _watchdog(command: str) -> str:
+    return "exec sh -c " + shlex.quote(_WATCHDOG.format(command=shlex.quote(command)))
+
+
+def _needs_watchdog(conn: asyncssh.SSHClientConnection) -> bool:
+    """OpenSSH: a closed channel or a refused signal leaves the command running."""
+    version = conn.get_extra_info("server_version") or ""
+    return isinstance(version, str) and version.startswith("SSH-2.0-OpenSSH")
+
+
 class SSHPool:
     """One lazily opened, shared SSH connection per host; replaced when it drops."""
 
@@ -210,17 +241,21 @@ class SSHPool:
         """Run `command` (marker form) on `host`; stdout and stderr come back merged."""
         target = self.target(host)
         shown, sent = command, self._secrets.substitute(command)
-        if become and target.become == "sudo":
-            shown, sent = _sudo(shown), _sudo(sent)
         limit = target.command_timeout if timeout is None else timeout
         log = _log.bind(host=host)
         conn = await self._connection(target)
+        watchdog = _needs_watchdog(conn)
+        if watchdog:
+            sent = _watchdog(sent)
+        if become and target.become == "sudo":
+            # the watchdog runs inside sudo: a root command is out of the login user's reach
+            shown, sent = _sudo(shown), _sudo(sent)
         log.info("command started", command=shown, timeout=limit)
         started = time.monotonic()
         try:
             process = await conn.create_process(
                 sent,
-                stdin=asyncssh.DEVNULL,
+                stdin=asyncssh.PIPE if watchdog else asyncssh.DEVNULL,
                 stderr=asyncssh.STDOUT,
                 encoding="utf-8",
                 errors="replace",
@@ -233,7 +268,7 @@ class SSHPool:
             raise self._lost(host, shown, exc) from None
 
         tail = _Tail(on_line, self._secrets.redact)
-        timed_out = False
+        timed_out = ended = False
         try:
             deadline = asyncio.timeout(limit)
             try:
@@ -241,15 +276,18 @@ class SSHPool:
                     while chunk := await process.stdout.read(READ_CHUNK):
                         tail.feed(chunk)
                     await process.wait_closed()
+                    ended = True
             except TimeoutError:
                 if not deadline.expired():
                     raise
-                timed_out = True
-                await _kill(process)
+                timed_out = ended = True
+                await _kill(process, watchdog)
         except (asyncssh.Error, OSError) as exc:
             raise self._lost(host, shown, exc) from None
         finally:
-            process.close()  # a no-op when it ended; kills it on cancellation or a raising on_line
+            if not ended:  # cancelled, or on_line raised: the command must not run on
+                _interrupt(process, watchdog)
+            process.close()
 
         status = process.exit_status
         if process.exit_signal is not None or timed_out:
@@ -495,10 +533,18 @@ class SSHPool:
         return TransportError(host, self._secrets.redact(reason))
 
 
-async def _kill(process: asyncssh.SSHClientProcess[str]) -> None:
-    """Stop a command that ran out of time: signal it, then close its channel."""
+def _interrupt(process: asyncssh.SSHClientProcess[str], watchdog: bool) -> None:
+    """Ask the server to kill a command: its watchdog's line, and the SSH signal."""
+    if watchdog:
+        with suppress(OSError, asyncssh.Error):
+            process.stdin.write(KILL_LINE)
     with suppress(OSError, asyncssh.Error):
         process.send_signal("KILL")
+
+
+async def _kill(process: asyncssh.SSHClientProcess[str], watchdog: bool) -> None:
+    """Stop a command that ran out of time, then close its channel."""
+    _interrupt(process, watchdog)
     process.close()
     with suppress(TimeoutError):
         async with asyncio.timeout(KILL_GRACE):
