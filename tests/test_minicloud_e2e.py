@@ -6,7 +6,6 @@ refusal, so that the headline has teeth."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -15,16 +14,14 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.engine.manager import UpgradeManager
+from orchestrator.engine.manager import Upgrade
 from orchestrator.engine.states import UpgradeState
-from orchestrator.inventory import parse_inventory_text
 from orchestrator.minicloud.control import versions
 from orchestrator.minicloud.embedded import EmbeddedCloud, embedded_cloud
 from orchestrator.minicloud.layout import read_host_config
-from orchestrator.minicloud.loadgen import LoadGenerator, LoadReport
-from orchestrator.plan import Options, compile_plan
-from orchestrator.playbook import parse_playbook_text, resolve_playbook
-from orchestrator.store.journal import Journal
+from orchestrator.minicloud.loadgen import LoadReport
+from orchestrator.playbook import resolve_playbook
+from tests.loadrun import run_under_load
 
 pytestmark = [pytest.mark.slow]
 
@@ -42,33 +39,12 @@ def _phases(*names: str, **changes: dict[str, Any]) -> str:
 
 
 async def _upgrade(
-    ec: EmbeddedCloud,
-    tmp_path: Path,
-    playbook: str,
-    *,
-    rate: float = 25.0,
-    approve: bool = True,
-) -> tuple[UpgradeManager, Any, LoadReport]:
-    inv, inv_doc = parse_inventory_text(ec.inventory_text, "inventory.yaml")
-    pb, pb_doc = parse_playbook_text(playbook, "playbook.yaml")
-    plan = compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"))
-    journal = await Journal.open(tmp_path / "journal.db")
-    manager = UpgradeManager(journal)
-    await manager.start()
-    try:
-        async with LoadGenerator(ec.lb.url, rate=rate, max_duration=300) as load:
-            await load.wait(10)
-            up, _ = await manager.submit(plan)
-            async with asyncio.timeout(240):
-                while not up.view.state.terminal:
-                    if approve and up.view.state is UpgradeState.WAITING_APPROVAL:
-                        await manager.control(up.id, "approve")
-                    await asyncio.sleep(0.2)
-            await asyncio.sleep(0.5)
-        return manager, up, load.report()
-    finally:
-        await manager.close()
-        await journal.close()
+    ec: EmbeddedCloud, tmp_path: Path, playbook: str, **options: Any
+) -> tuple[Upgrade, LoadReport]:
+    run = await run_under_load(
+        ec.inventory_text, ec.lb.url, tmp_path / "journal.db", playbook=playbook, **options
+    )
+    return run.upgrade, run.report
 
 
 def _running_versions(ec: EmbeddedCloud) -> set[str]:
@@ -88,7 +64,8 @@ def _has_old_column(ec: EmbeddedCloud) -> bool:
 @pytest.mark.timeout(300)
 async def test_correct_playbook_under_load_loses_nothing(tmp_path: Path) -> None:
     async with embedded_cloud(tmp_path / "cloud", computes=3) as ec:
-        _, up, report = await _upgrade(ec, tmp_path, resolve_playbook("minicloud").read_text())
+        playbook = resolve_playbook("minicloud").read_text()
+        up, report = await _upgrade(ec, tmp_path, playbook, approve_after=1000)
         assert up.view.state is UpgradeState.SUCCEEDED, up.view.reason
         assert report.requests >= 1000, report.summary()
         assert report.failed == 0, report.summary()
@@ -103,7 +80,7 @@ async def test_failing_compute_rolls_everything_back_without_losing_requests(
 ) -> None:
     faults = {"cmp-2": ["unhealthy-2.0"]}
     async with embedded_cloud(tmp_path / "cloud", computes=3, faults=faults) as ec:
-        _, up, report = await _upgrade(ec, tmp_path, resolve_playbook("minicloud").read_text())
+        up, report = await _upgrade(ec, tmp_path, resolve_playbook("minicloud").read_text())
         assert up.view.state is UpgradeState.ROLLED_BACK, up.view.reason
         assert up.view.phases["upgrade-computes"].hosts["cmp-2"].error
         assert report.failed == 0, report.summary()
@@ -132,7 +109,7 @@ NEGATIVE: dict[str, Callable[[], str]] = {
 @pytest.mark.parametrize("name", list(NEGATIVE))
 async def test_wrong_order_fails_real_requests(tmp_path: Path, name: str) -> None:
     async with embedded_cloud(tmp_path / "cloud", conductors=1, apis=2, computes=2) as ec:
-        _, up, report = await _upgrade(ec, tmp_path, NEGATIVE[name](), rate=30)
+        up, report = await _upgrade(ec, tmp_path, NEGATIVE[name](), rate=30)
         assert up.view.state.terminal
         assert report.failed > 0, f"{name}: {report.summary()}"
         print(f"negative control '{name}': {report.summary()}")
@@ -144,7 +121,7 @@ async def test_contract_before_migrate_data_is_refused(tmp_path: Path) -> None:
     names.remove("contract-db")
     names.insert(names.index("migrate-data"), "contract-db")
     async with embedded_cloud(tmp_path / "cloud", conductors=2, apis=2, computes=2) as ec:
-        _, up, report = await _upgrade(ec, tmp_path, _phases(*names))
+        up, report = await _upgrade(ec, tmp_path, _phases(*names))
         assert up.view.state is UpgradeState.ROLLED_BACK
         gate = up.view.phases["contract-db"]
         assert "gate failed" in (gate.reason or "")

@@ -1,0 +1,73 @@
+"""An upgrade of a minicloud under checked load, shared by the embedded
+end-to-end tests and the real-server tier (which differ only in the hosts
+and the load balancer in front of the APIs)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.engine.manager import Upgrade, UpgradeManager
+from orchestrator.engine.states import UpgradeState
+from orchestrator.inventory import parse_inventory_text
+from orchestrator.minicloud.loadgen import LoadGenerator, LoadReport
+from orchestrator.plan import Options, compile_plan
+from orchestrator.playbook import parse_playbook_text, resolve_playbook
+from orchestrator.store.journal import Journal
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeRun:
+    upgrade: Upgrade
+    report: LoadReport
+    during: int  # requests answered between submit and the upgrade's end
+    seconds: float  # from submit to the upgrade's end
+
+
+async def run_under_load(
+    inventory_text: str,
+    lb_url: str,
+    journal_path: Path,
+    *,
+    playbook: str | None = None,
+    rate: float = 30.0,
+    approve: bool = True,
+    approve_after: int = 0,
+    deadline: float = 240.0,
+) -> UpgradeRun:
+    """Run `playbook` (default: the shipped minicloud one) to 2.0 through an
+    in-process UpgradeManager while a load generator checks every answer.
+
+    The point of no return is approved once the load has made `approve_after`
+    requests since the submit (an operator watching the figures before
+    approving), so the count during the upgrade does not depend on how fast
+    the machine rolls the hosts."""
+    inv, inv_doc = parse_inventory_text(inventory_text, "inventory.yaml")
+    text = playbook if playbook is not None else resolve_playbook("minicloud").read_text()
+    pb, pb_doc = parse_playbook_text(text, "playbook.yaml")
+    plan = compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"))
+    journal = await Journal.open(journal_path)
+    manager = UpgradeManager(journal)
+    await manager.start()
+    loop = asyncio.get_running_loop()
+    try:
+        async with LoadGenerator(lb_url, rate=rate, max_duration=deadline + 60) as load:
+            await load.wait(10)
+            before, started = len(load.latencies), loop.time()
+            up, _ = await manager.submit(plan)
+            async with asyncio.timeout(deadline):
+                while not up.view.state.terminal:
+                    if (
+                        approve
+                        and up.view.state is UpgradeState.WAITING_APPROVAL
+                        and len(load.latencies) - before >= approve_after
+                    ):
+                        await manager.control(up.id, "approve")
+                    await asyncio.sleep(0.2)
+            during, seconds = len(load.latencies) - before, loop.time() - started
+            await asyncio.sleep(0.5)
+        return UpgradeRun(up, load.report(), during, seconds)
+    finally:
+        await manager.close()
+        await journal.close()
