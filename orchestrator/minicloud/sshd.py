@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 import asyncssh
 
@@ -100,6 +100,33 @@ class _Server(asyncssh.SSHServer):
         assert self._conn is not None
         local = self._host.directory / posixpath.normpath("/" + dest_path).lstrip("/")
         return self._conn.forward_unix_connection(str(local))
+
+
+def loopback_target(
+    name: str,
+    port: int,
+    *,
+    user: str,
+    key: Path,
+    known_hosts: Path,
+    become: Literal["sudo", "none"],
+) -> HostTarget:
+    """A test host's SSH target on loopback: key login, host key verified."""
+    return HostTarget(
+        name=name,
+        address=ADDRESS,
+        port=port,
+        user=user,
+        key=str(key),
+        known_hosts=str(known_hosts),
+        verify_host_keys=True,
+        become=become,
+        roles=(),
+        zone=None,
+        connect_timeout=5.0,
+        command_timeout=30.0,
+        keepalive_interval=15.0,
+    )
 
 
 class SSHHosts:
@@ -189,21 +216,13 @@ class SSHHosts:
         return tuple(self.target(name, **changes) for name in self._hosts)
 
     def target(self, name: str, **changes: object) -> HostTarget:
-        host = self._hosts[name]
-        target = HostTarget(
-            name=name,
-            address=ADDRESS,
-            port=host.port,
+        target = loopback_target(
+            name,
+            self._hosts[name].port,
             user=getpass.getuser(),
-            key=str(self.client_key_path),
-            known_hosts=str(self.known_hosts_path),
-            verify_host_keys=True,
+            key=self.client_key_path,
+            known_hosts=self.known_hosts_path,
             become="sudo",
-            roles=(),
-            zone=None,
-            connect_timeout=5.0,
-            command_timeout=30.0,
-            keepalive_interval=15.0,
         )
         return dataclasses.replace(target, **changes)  # type: ignore[arg-type]
 
