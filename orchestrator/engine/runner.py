@@ -72,9 +72,13 @@ class Engine:
         self.on_event = on_event
         self._changed = asyncio.Event()
         self._abort_level = 1 if self.view.state is U.ABORTING else 0
+        self._abort_orders = self._abort_level
         self._rollback = self.view.state is U.ROLLING_BACK or self.view.rollback_requested
         self._task: asyncio.Task[UpgradeState] | None = None
         self._suspend = False
+        # set the moment a pause is ordered, before its journal write returns:
+        # a host reaching a checkpoint meanwhile must not start another step
+        self._pausing = False
         self.step_seconds: list[tuple[str, float]] = []
         self.health_failures = 0
 
@@ -133,7 +137,7 @@ class Engine:
                 raise Suspend()
             if self._abort_level or self._rollback:
                 raise Stop()
-            if self.view.state not in (U.PAUSED, U.WAITING_APPROVAL):
+            if not self._pausing and self.view.state not in (U.PAUSED, U.WAITING_APPROVAL):
                 return
             self._changed.clear()
             await self._changed.wait()
@@ -147,8 +151,13 @@ class Engine:
             return
         if self.view.state not in (U.RUNNING, U.WAITING_APPROVAL, U.PREFLIGHT):
             raise ConflictError(f"cannot pause an upgrade that is {self.view.state.label}")
-        await self.emit("control", action="pause")
-        await self.set_upgrade(U.PAUSED, "paused by the operator")
+        self._pausing = True
+        try:
+            await self.emit("control", action="pause")
+            await self.set_upgrade(U.PAUSED, "paused by the operator")
+        finally:
+            self._pausing = False
+            self._changed.set()
 
     async def resume(self) -> None:
         if self.view.state is not U.PAUSED:
@@ -172,12 +181,15 @@ class Engine:
         """First call: finish running steps, then stop. Second call: cancel."""
         if self.view.state.terminal:
             raise ConflictError(f"the upgrade is already {self.view.state.label}")
-        self._abort_level += 1
-        await self.emit("control", action="abort", stage=self._abort_level)
-        if self._abort_level == 1:
-            if self.view.state is not U.ROLLING_BACK:
-                await self.set_upgrade(U.ABORTING, "aborted by the operator")
-        elif self._task is not None:
+        self._abort_orders += 1
+        stage = self._abort_orders
+        await self.emit("control", action="abort", stage=stage)
+        if stage == 1 and self.view.state is not U.ROLLING_BACK:
+            await self.set_upgrade(U.ABORTING, "aborted by the operator")
+        # only now may a checkpoint stop the run: it ends in ABORTED, which
+        # the table allows from ABORTING, not from RUNNING
+        self._abort_level = max(self._abort_level, stage)
+        if stage > 1 and self._task is not None:
             self._task.cancel()
         self._changed.set()
 
