@@ -9,12 +9,18 @@ Prints the wall time of the upgrade, the ideal (critical path of the sleeps:
 batches x steps x 0.2 s) and their ratio. Target: ratio <= 1.10.
 
     .venv/bin/python bench/overhead.py [--hosts 200] [--steps 5] [--sleep 0.2]
+        [--server-processes 1]
+
+It also breaks the time down from the journal's timestamps: per step, the
+time beyond the sleep (SSH session, exit, journal commit) and the gap
+between a host's steps (journal commit, checkpoint, next record).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import resource
@@ -29,7 +35,7 @@ from orchestrator.engine.view import UpgradeView
 from orchestrator.inventory import parse_inventory_text
 from orchestrator.plan import Options, compile_plan
 from orchestrator.playbook import parse_playbook_text
-from orchestrator.store.journal import Journal
+from orchestrator.store.journal import Event, Journal
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,7 +45,9 @@ from pathlib import Path
 from tests.sshhosts import SSHHosts
 
 async def main() -> None:
-    hosts = SSHHosts(Path(sys.argv[1]), int(sys.argv[2]), builtin_sleep=True)
+    first, count = int(sys.argv[2]), int(sys.argv[3])
+    names = [f"host-{i}" for i in range(first, first + count)]
+    hosts = SSHHosts(Path(sys.argv[1]), names, builtin_sleep=True)
     await hosts.start()
     t = hosts.target(hosts.names[0])
     print(json.dumps({"user": t.user, "key": t.key, "known_hosts": t.known_hosts,
@@ -66,18 +74,17 @@ def playbook(steps: int, sleep: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def inventory(info: dict[str, object]) -> str:
-    ports = info["ports"]
-    assert isinstance(ports, dict)
-    hosts = "\n".join(
-        f"  {name}: {{address: 127.0.0.1, roles: [app], ssh: {{port: {port}}}}}"
-        for name, port in ports.items()
-    )
-    return (
-        f"ssh: {{user: {info['user']}, key: {info['key']}, known_hosts: {info['known_hosts']}}}\n"
-        "vars: {from_version: '1.0'}\n"
-        f"hosts:\n{hosts}\n"
-    )
+def inventory(servers: list[dict[str, object]]) -> str:
+    lines = [f"ssh: {{user: {servers[0]['user']}}}", "vars: {from_version: '1.0'}", "hosts:"]
+    for info in servers:
+        ports = info["ports"]
+        assert isinstance(ports, dict)
+        lines += [
+            f"  {name}: {{address: 127.0.0.1, roles: [app], ssh: {{port: {port}, "
+            f"key: {info['key']}, known_hosts: {info['known_hosts']}}}}}"
+            for name, port in ports.items()
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def report(
@@ -106,6 +113,9 @@ def report(
     print(f"SSH servers CPU       {server_cpu.ru_utime + server_cpu.ru_stime:.2f} s (whole run)")
     print(f"ideal (critical path) {ideal:.2f} s")
     print(f"ratio                 {wall / ideal:.3f}  (target <= 1.10)")
+    if preflight_end:
+        phases = (view.updated_at or 0) - preflight_end
+        print(f"ratio, phases only    {phases / ideal:.3f}  (without preflight's handshakes)")
 
 
 async def main() -> None:
@@ -113,23 +123,34 @@ async def main() -> None:
     parser.add_argument("--hosts", type=int, default=200)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--sleep", type=float, default=0.2)
+    parser.add_argument(
+        "--server-processes",
+        type=int,
+        default=1,
+        help="processes the simulated SSH hosts are spread over (real hosts each have their own)",
+    )
     args = parser.parse_args()
 
     logs.configure("json", level="error")
     with tempfile.TemporaryDirectory() as tmp:
-        server = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            SERVER,
-            str(Path(tmp) / "hosts"),
-            str(args.hosts),
-            cwd=REPO,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert server.stdout is not None and server.stdin is not None
-        info = json.loads(await server.stdout.readline())
-        inv, inv_doc = parse_inventory_text(inventory(info), "bench-inventory.yaml")
+        share = math.ceil(args.hosts / args.server_processes)
+        servers, infos = [], []
+        for first in range(1, args.hosts + 1, share):
+            server = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                SERVER,
+                str(Path(tmp) / f"hosts-{first}"),
+                str(first),
+                str(min(share, args.hosts - first + 1)),
+                cwd=REPO,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert server.stdout is not None
+            servers.append(server)
+            infos.append(json.loads(await server.stdout.readline()))
+        inv, inv_doc = parse_inventory_text(inventory(infos), "bench-inventory.yaml")
         pb, pb_doc = parse_playbook_text(playbook(args.steps, args.sleep), "bench-playbook.yaml")
         plan = compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"))
         batches = len(plan.phases[0].batches)
@@ -143,11 +164,14 @@ async def main() -> None:
         wall = time.perf_counter() - started
         engine_cpu = time.process_time() - cpu_started
         view = up.view
-        events = len(await journal.events(up.id))
+        journaled = await journal.events(up.id)
+        events = len(journaled)
         await manager.close()
         await journal.close()
-        server.stdin.close()
-        await server.wait()
+        for server in servers:
+            assert server.stdin is not None
+            server.stdin.close()
+            await server.wait()
         server_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     report(
@@ -160,6 +184,37 @@ async def main() -> None:
         engine_cpu=engine_cpu,
         server_cpu=server_cpu,
     )
+    breakdown(journaled, args.sleep)
+
+
+def _mean_ms(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return (
+        f"mean {1000 * sum(values) / len(values):6.1f} ms, "
+        f"p90 {1000 * ordered[int(0.9 * (len(ordered) - 1))]:6.1f} ms, "
+        f"max {1000 * ordered[-1]:6.1f} ms"
+    )
+
+
+def breakdown(journaled: list[Event], sleep: float) -> None:
+    """Where the time above the ideal goes, from the journal's timestamps."""
+    running: dict[str, float] = {}
+    done: dict[str, float] = {}
+    for event in journaled:
+        if event.kind == "step" and event.data["state"] in ("running", "done"):
+            (running if event.data["state"] == "running" else done)[event.data["step"]] = event.at
+    in_step, between = [], []
+    by_host: dict[str, list[str]] = {}
+    for step in sorted(running, key=lambda s: (s.rsplit("/", 1)[0], int(s.rsplit("/", 1)[1]))):
+        by_host.setdefault(step.rsplit("/", 1)[0], []).append(step)
+        if step in done:
+            in_step.append(done[step] - running[step] - sleep)
+    for steps in by_host.values():
+        between += [running[b] - done[a] for a, b in itertools.pairwise(steps)]
+    print(f"per step, beyond the sleep  {_mean_ms(in_step)}  (journaled running -> done)")
+    print(f"between a host's steps      {_mean_ms(between)}  (journaled done -> next running)")
 
 
 if __name__ == "__main__":
