@@ -341,3 +341,35 @@ async def test_changed_host_key_stops_preflight_and_touches_nothing(
     finally:
         await manager.close()
         await journal.close()
+
+
+async def test_preflight_bounds_the_handshakes_in_flight(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Preflight reaches every host, but not all at once: a burst of handshakes
+    would stall the daemon's event loop (its status API) for its whole length."""
+    hosts = await make_ssh_hosts(6)
+    seed(hosts)
+    monkeypatch.setattr("orchestrator.engine.runner.PREFLIGHT_CONCURRENCY", 2)
+    in_flight, most = 0, 0
+    connect = SSHPool.connect
+
+    async def counting_connect(self: SSHPool, host: str) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await asyncio.sleep(0.05)  # let the others pile up if they may
+            await connect(self, host)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(SSHPool, "connect", counting_connect)
+    upgrade_id, state, manager, journal = await run_to_end(make_plan(hosts), tmp_path / "j.db")
+    try:
+        assert state is UpgradeState.SUCCEEDED
+        assert set(manager.get(upgrade_id).view.preflight) == set(hosts.names)
+        assert most == 2
+    finally:
+        await manager.close()
+        await journal.close()

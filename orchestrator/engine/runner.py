@@ -35,6 +35,9 @@ from orchestrator.secrets import SecretStore
 
 log = structlog.get_logger("orchestrator.engine")
 U = UpgradeState
+# SSH handshakes preflight runs at once: all of them together would stall the
+# event loop (status requests, other upgrades) for as long as the burst lasts
+PREFLIGHT_CONCURRENCY = 64
 
 
 class EventSink(Protocol):
@@ -281,12 +284,14 @@ class Engine:
                 for host, probe in gate.probes:
                     probes.setdefault(host, probe)
         problems: list[str] = []
+        handshakes = asyncio.Semaphore(PREFLIGHT_CONCURRENCY)
 
         async def one(host: model.HostTarget) -> None:
             if host.name in self.view.preflight:
                 return
             try:
-                await self.remote.connect(host.name)
+                async with handshakes:
+                    await self.remote.connect(host.name)
             except TransportError as exc:
                 problems.append(f"{host.name}: {exc.reason}")
                 await self.emit("preflight.host", host=host.name, status="error", error=exc.reason)
