@@ -79,7 +79,9 @@ async def test_failing_compute_rolls_everything_back_without_losing_requests(
     tmp_path: Path,
 ) -> None:
     faults = {"cmp-2": ["unhealthy-2.0"]}
-    async with embedded_cloud(tmp_path / "cloud", computes=3, faults=faults) as ec:
+    # a host that never gets healthy fails after 10 s instead of the usual 30
+    cloud = embedded_cloud(tmp_path / "cloud", computes=3, faults=faults, health_deadline="10s")
+    async with cloud as ec:
         up, report = await _upgrade(ec, tmp_path, resolve_playbook("minicloud").read_text())
         assert up.view.state is UpgradeState.ROLLED_BACK, up.view.reason
         assert up.view.phases["upgrade-computes"].hosts["cmp-2"].error

@@ -51,6 +51,7 @@ async def embedded_cloud(
     computes: int = 3,
     faults: Mapping[str, list[str]] | None = None,
     health_passes: int = 2,
+    health_deadline: str = "30s",
 ) -> AsyncIterator[EmbeddedCloud]:
     """A fresh cloud at release 1.0, every service running, reachable over SSH;
     everything stopped on exit."""
@@ -79,6 +80,7 @@ async def embedded_cloud(
                     "command_timeout": "60s",
                 },
                 health_passes=health_passes,
+                health_deadline=health_deadline,
             )
             inventory_path = directory / INVENTORY_FILE
             inventory_path.write_text(text, encoding="utf-8")

@@ -27,6 +27,7 @@ def inventory_data(
     ssh: Mapping[str, Any] | None = None,
     from_version: str = "1.0",
     health_passes: int = 2,
+    health_deadline: str = "30s",
     name: str = "minicloud",
 ) -> dict[str, Any]:
     def http(path: str) -> str:
@@ -36,7 +37,11 @@ def inventory_data(
         spec: dict[str, Any] = {
             "version": {"http": http("/"), "json_path": "version"},
             "health": [{"http": http("/healthcheck"), "expect_status": 200}],
-            "health_policy": {"passes": health_passes, "interval": "200ms", "deadline": "30s"},
+            "health_policy": {
+                "passes": health_passes,
+                "interval": "200ms",
+                "deadline": health_deadline,
+            },
         }
         if drain:
             spec["drain"] = {

@@ -48,7 +48,7 @@ def real_inventory(
     haproxy: RealHAProxy,
     *,
     health_passes: int,
-    health_deadline: str | None = None,
+    health_deadline: str = "30s",
 ) -> dict[str, Any]:
     """minicloud's inventory, with the load balancer reached over SSH on `lb-1`."""
     data = inventory_data(
@@ -63,6 +63,7 @@ def real_inventory(
             "command_timeout": "60s",
         },
         health_passes=health_passes,
+        health_deadline=health_deadline,
     )
     data["load_balancers"][LB_NAME] = {
         "driver": "haproxy",
@@ -75,9 +76,6 @@ def real_inventory(
         "roles": [],
         "ssh": {"port": hosts.port(LB_HOST)},
     }
-    if health_deadline is not None:  # a host that never gets healthy fails sooner
-        for role in data["roles"].values():
-            role["health_policy"]["deadline"] = health_deadline
     return data
 
 
@@ -91,7 +89,7 @@ async def real_cloud(
     computes: int = 3,
     faults: Mapping[str, list[str]] | None = None,
     health_passes: int = 2,
-    health_deadline: str | None = None,
+    health_deadline: str = "30s",
 ) -> AsyncIterator[RealCloud]:
     """A fresh cloud at release 1.0, every service running, each host behind its
     own sshd, the APIs behind HAProxy; everything stopped on exit."""
