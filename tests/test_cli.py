@@ -123,3 +123,17 @@ def test_entrypoint_exit_codes(repo_root: Path) -> None:
     assert ok.stdout.startswith("Plan nova:")
     assert bad.returncode == 2
     assert bad.stderr == "error: missing.yaml: file not found\n"
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback(repo_root: Path) -> None:
+    """`orchestrator plan ... | head`: the pipe closes early; say nothing, exit 1."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *NOVA, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()  # before the plan is written
+        err = process.stderr.read().decode()
+        assert process.wait(timeout=30) == 1
+    assert err == ""
