@@ -9,7 +9,7 @@ Prints the wall time of the upgrade, the ideal (critical path of the sleeps:
 batches x steps x 0.2 s) and their ratio. Target: ratio <= 1.10.
 
     .venv/bin/python bench/overhead.py [--hosts 200] [--steps 5] [--sleep 0.2]
-        [--server-processes 1]
+        [--server-processes 1] [--no-ssh]
 
 It also breaks the time down from the journal's timestamps: per step, the
 time beyond the sleep (SSH session, exit, journal commit) and the gap
@@ -33,9 +33,12 @@ from orchestrator import logs
 from orchestrator.engine.manager import UpgradeManager
 from orchestrator.engine.view import UpgradeView
 from orchestrator.inventory import parse_inventory_text
+from orchestrator.model import Plan
 from orchestrator.plan import Options, compile_plan
 from orchestrator.playbook import parse_playbook_text
+from orchestrator.secrets import SecretStore
 from orchestrator.store.journal import Event, Journal
+from orchestrator.transport.ssh import CommandResult, SSHPool
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,6 +60,22 @@ async def main() -> None:
 
 asyncio.run(main())
 """
+
+
+class NoSSH(SSHPool):
+    """--no-ssh: the engine and the journal alone; `sleep N` is an asyncio sleep."""
+
+    async def connect(self, host: str) -> None:
+        self.target(host)
+
+    async def run(self, host: str, command: str, **_: object) -> CommandResult:
+        started = time.monotonic()
+        await asyncio.sleep(float(command.split()[1]) if command.startswith("sleep ") else 0)
+        return CommandResult(0, "", time.monotonic() - started, False)
+
+
+def no_ssh(plan: Plan, store: SecretStore) -> SSHPool:
+    return NoSSH(plan.hosts, store)
 
 
 def playbook(steps: int, sleep: float) -> str:
@@ -124,6 +143,11 @@ async def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--sleep", type=float, default=0.2)
     parser.add_argument(
+        "--no-ssh",
+        action="store_true",
+        help="commands never leave the process: the engine's and the journal's share alone",
+    )
+    parser.add_argument(
         "--server-processes",
         type=int,
         default=1,
@@ -155,7 +179,7 @@ async def main() -> None:
         plan = compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"))
         batches = len(plan.phases[0].batches)
         journal = await Journal.open(Path(tmp) / "journal.db")
-        manager = UpgradeManager(journal)
+        manager = UpgradeManager(journal, remote_factory=no_ssh if args.no_ssh else None)
         await manager.start()
         started = time.perf_counter()
         cpu_started = time.process_time()
