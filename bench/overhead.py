@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import math
 import resource
@@ -33,6 +32,7 @@ from orchestrator import logs
 from orchestrator.engine.manager import UpgradeManager
 from orchestrator.engine.view import UpgradeView
 from orchestrator.inventory import parse_inventory_text
+from orchestrator.minicloud.loadgen import percentile
 from orchestrator.model import Plan
 from orchestrator.plan import Options, compile_plan
 from orchestrator.playbook import parse_playbook_text
@@ -211,34 +211,34 @@ async def main() -> None:
     breakdown(journaled, args.sleep)
 
 
-def _mean_ms(values: list[float]) -> str:
+def _figures(values: list[float]) -> str:
     if not values:
         return "-"
-    ordered = sorted(values)
+    mean = sum(values) / len(values)
     return (
-        f"mean {1000 * sum(values) / len(values):6.1f} ms, "
-        f"p90 {1000 * ordered[int(0.9 * (len(ordered) - 1))]:6.1f} ms, "
-        f"max {1000 * ordered[-1]:6.1f} ms"
+        f"mean {1000 * mean:6.1f} ms, p90 {1000 * percentile(values, 0.90):6.1f} ms, "
+        f"max {1000 * max(values):6.1f} ms"
     )
 
 
 def breakdown(journaled: list[Event], sleep: float) -> None:
     """Where the time above the ideal goes, from the journal's timestamps."""
-    running: dict[str, float] = {}
-    done: dict[str, float] = {}
-    for event in journaled:
-        if event.kind == "step" and event.data["state"] in ("running", "done"):
-            (running if event.data["state"] == "running" else done)[event.data["step"]] = event.at
+    started: dict[str, float] = {}  # step -> when it was journaled running
+    last_done: dict[str, float] = {}  # host -> when its latest step was journaled done
     in_step, between = [], []
-    by_host: dict[str, list[str]] = {}
-    for step in sorted(running, key=lambda s: (s.rsplit("/", 1)[0], int(s.rsplit("/", 1)[1]))):
-        by_host.setdefault(step.rsplit("/", 1)[0], []).append(step)
-        if step in done:
-            in_step.append(done[step] - running[step] - sleep)
-    for steps in by_host.values():
-        between += [running[b] - done[a] for a, b in itertools.pairwise(steps)]
-    print(f"per step, beyond the sleep  {_mean_ms(in_step)}  (journaled running -> done)")
-    print(f"between a host's steps      {_mean_ms(between)}  (journaled done -> next running)")
+    for event in journaled:  # in journal order
+        if event.kind != "step":
+            continue
+        step, host, state = event.data["step"], event.data["host"], event.data["state"]
+        if state == "running":
+            if host in last_done:
+                between.append(event.at - last_done[host])
+            started[step] = event.at
+        elif state == "done" and step in started:
+            in_step.append(event.at - started[step] - sleep)
+            last_done[host] = event.at
+    print(f"per step, beyond the sleep  {_figures(in_step)}  (journaled running -> done)")
+    print(f"between a host's steps      {_figures(between)}  (journaled done -> next running)")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from typing import Any
 
 import aiohttp
 
+from orchestrator.minicloud.loadgen import percentile
+
 REPO = Path(__file__).resolve().parent.parent
 
 SERVER = """
@@ -74,11 +76,6 @@ def inventory(info: dict[str, Any]) -> str:
         "vars: {from_version: '1.0'}\n"
         f"hosts:\n{hosts}\n"
     )
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def start_daemon(state: Path, log: Path) -> tuple[asyncio.subprocess.Process, str, str]:

@@ -42,6 +42,11 @@ def inject_faults(cloud: Cloud, faults: Mapping[str, list[str]]) -> None:
         path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
+def host_env(cloud: Cloud) -> dict[str, str]:
+    """What a host's shell needs: the cloud's commands (minicloud-ctl, ...) on PATH."""
+    return {"PATH": f"{cloud.bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"}
+
+
 @contextlib.asynccontextmanager
 async def embedded_cloud(
     directory: Path,
@@ -57,11 +62,10 @@ async def embedded_cloud(
     everything stopped on exit."""
     cloud = create_cloud(directory, conductors=conductors, apis=apis, computes=computes)
     inject_faults(cloud, faults or {})
-    path = f"{cloud.bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
     hosts = SSHHosts(
         directory / "ssh",
         [h.name for h in cloud.hosts],
-        env={"PATH": path},
+        env=host_env(cloud),
         host_dirs={h.name: h.directory for h in cloud.hosts},
     )
     await hosts.start()

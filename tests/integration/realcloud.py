@@ -10,7 +10,6 @@ its traffic through it.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import yaml
 
 from orchestrator.minicloud.control import start_cloud, stop_cloud
-from orchestrator.minicloud.embedded import INVENTORY_FILE, inject_faults
+from orchestrator.minicloud.embedded import INVENTORY_FILE, host_env, inject_faults
 from orchestrator.minicloud.inventory import LB_NAME, inventory_data
 from orchestrator.minicloud.layout import Cloud, create_cloud
 from tests.integration.realhaproxy import RealHAProxy
@@ -95,11 +94,10 @@ async def real_cloud(
     own sshd, the APIs behind HAProxy; everything stopped on exit."""
     cloud = create_cloud(directory, conductors=conductors, apis=apis, computes=computes)
     inject_faults(cloud, faults or {})
-    path = f"{cloud.bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
     host_dirs = {h.name: h.directory for h in cloud.hosts}
     host_dirs[LB_HOST] = directory / LB_HOST
     hosts = RealSSHHosts(
-        servers, directory / "sshd", list(host_dirs), host_dirs=host_dirs, env={"PATH": path}
+        servers, directory / "sshd", list(host_dirs), host_dirs=host_dirs, env=host_env(cloud)
     )
     try:
         await hosts.start()
