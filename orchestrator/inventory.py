@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from orchestrator.errors import InputError, Problem
@@ -98,12 +99,36 @@ class VersionProbe(BaseModel):
     http: str | None = None
     json_path: str | None = None
     run: str | None = None
+    releases: dict[str, str] | None = Field(
+        None,
+        description=(
+            "release name -> PEP 440 specifier of the package versions that are that "
+            "release, e.g. {'2026.2': '>=39,<40'}: the probe then reports the release"
+        ),
+    )
     timeout: Duration = 10.0
 
     @model_validator(mode="after")
     def _one(self) -> VersionProbe:
         _exactly_one(self, ("http", "run"), "a version probe")
         return self
+
+    @field_validator("releases")
+    @classmethod
+    def _specifiers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("'releases' needs at least one release; remove it otherwise")
+        for release, spec in value.items():
+            try:
+                SpecifierSet(spec)
+            except InvalidSpecifier:
+                raise ValueError(
+                    f"release {release!r}: {spec!r} is not a version specifier "
+                    "(PEP 440, e.g. '>=39,<40')"
+                ) from None
+        return value
 
 
 class HealthCheck(BaseModel):

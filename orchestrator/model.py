@@ -15,6 +15,8 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 import pydantic_core
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
 from pydantic import Field, TypeAdapter
 
 # --- actions: what one step does on one host --------------------------------
@@ -141,12 +143,32 @@ class Health:
 
 @dataclass(frozen=True, slots=True)
 class VersionProbe:
-    """`http` URL with optional `json_path`, or `run` whose stdout is the version."""
+    """`http` URL with optional `json_path`, or `run` whose stdout is the version.
+
+    With `releases` ((release, PEP 440 specifier), ...) the probe's answer is a
+    package version and the host reports the release whose specifier holds it.
+    Left out of the JSON when empty, so plans (and journals) made before it
+    keep their digests."""
 
     http: str | None = None
     json_path: str | None = None
     run: str | None = None
     timeout: float = 10.0
+    releases: Annotated[tuple[tuple[str, str], ...], Field(exclude_if=lambda v: not v)] = ()
+
+    def release_of(self, reported: str) -> str:
+        """The release `reported` belongs to, or `reported` itself when no
+        `releases` are given or none holds it (it then matches no target)."""
+        if not self.releases:
+            return reported
+        try:
+            version = Version(reported)
+        except InvalidVersion:
+            return reported
+        for release, spec in self.releases:
+            if version in SpecifierSet(spec):
+                return release
+        return reported
 
 
 # --- the plan tree -----------------------------------------------------------

@@ -669,4 +669,5 @@ def _probe(
         json_path=spec.json_path,
         run=render(spec.run, ctx, (*path, "run"), host, "shell") if spec.run else None,
         timeout=spec.timeout,
+        releases=tuple((spec.releases or {}).items()),
     )

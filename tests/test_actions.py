@@ -183,3 +183,22 @@ async def test_run_drain_waits_until_command_succeeds(make_ssh_hosts: MakeSSHHos
         assert (hosts.host_dir("host-1") / "idle").exists()
         await drainer.undrain("host-1", drain)
         assert not (hosts.host_dir("host-1") / "drained").exists()
+
+
+async def test_version_probe_maps_a_package_version_to_its_release(
+    http_server: tuple[str, dict[str, object]],
+) -> None:
+    """A real service reports a package version; `releases` turns it into the release."""
+    url, state = http_server
+    releases = (("2026.1", ">=35,<36"), ("2026.2", ">=39,<40"))
+    probe = model.VersionProbe(http=f"{url}/", json_path="release.version", releases=releases)
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(remote=None, session=session)  # type: ignore[arg-type]
+        state["version"] = "39.0.0"
+        assert await checker.version("h", probe) == "2026.2"
+        state["version"] = "35.1.0"
+        assert await checker.version("h", probe) == "2026.1"
+        state["version"] = "38.0.0"  # an intermediate release: neither, reported as it is
+        assert await checker.version("h", probe) == "38.0.0"
+        state["version"] = "not a version"
+        assert await checker.version("h", probe) == "not a version"

@@ -248,3 +248,35 @@ def test_missing_file(tmp_path: Path) -> None:
         load_inventory(tmp_path / "nope.yaml", "nope.yaml")
 
     assert str(info.value) == "nope.yaml: file not found"
+
+
+def test_version_releases_must_be_specifiers() -> None:
+    text = """\
+roles:
+  api:
+    version:
+      run: "ironic-api --version"
+      releases: {"2026.2": "39.x"}
+hosts:
+  a: {address: 10.0.0.1, roles: [api]}
+"""
+    (problem,) = _errors(text)
+    assert problem.startswith("inv.yaml:5:")
+    assert "roles.api.version.releases" in problem
+    assert "'39.x' is not a version specifier" in problem
+
+
+def test_version_releases_reach_the_plan_probe() -> None:
+    text = """\
+roles:
+  api:
+    version:
+      run: "ironic-api --version"
+      releases: {"2026.1": ">=35,<36", "2026.2": ">=39,<40"}
+hosts:
+  a: {address: 10.0.0.1, roles: [api]}
+"""
+    inventory, _ = parse_inventory_text(text, "inv.yaml")
+    probe = inventory.roles["api"].version
+    assert probe is not None
+    assert probe.releases == {"2026.1": ">=35,<36", "2026.2": ">=39,<40"}

@@ -108,12 +108,13 @@ class Checker:
                     value = json_path(json.loads(text), probe.json_path)
                 except ValueError:
                     value = text.strip() if probe.json_path is None else None
-                return None if value is None else str(value)
+                return None if value is None else probe.release_of(str(value))
             if probe.run is not None:
                 result = await self.remote.run(host, probe.run, timeout=probe.timeout)
                 if result.exit_status != 0:
                     return None
-                return _last(result.output).strip() or None
+                reported = _last(result.output).strip()
+                return probe.release_of(reported) if reported else None
         except (aiohttp.ClientError, TimeoutError, OSError, TransportError):
             return None
         return None
