@@ -1,8 +1,10 @@
-"""`minicloud-ctl` on one host: start/stop/restart, status, health, version, the
-injected faults, and its usage errors — as real commands in the host's directory."""
+"""`minicloud-ctl` on one host: start/stop/restart, status, health, version,
+staging and installing releases, the injected faults, and its usage errors — as
+real commands in the host's directory."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -10,9 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.minicloud import MinicloudError
+from orchestrator.minicloud import MinicloudError, commands
 from orchestrator.minicloud.control import kill_leftovers, run
-from orchestrator.minicloud.layout import Cloud, create_cloud, read_host_config
+from orchestrator.minicloud.layout import (
+    Cloud,
+    create_cloud,
+    read_host_config,
+    read_release,
+    staged_releases,
+)
 
 
 @pytest.fixture
@@ -88,12 +96,53 @@ async def test_installed_release_runs_after_restart_and_faults_bite(cloud: Cloud
     assert json.loads((await ctl(cloud, "status --json"))[1])[0]["running"] is False
 
 
-async def test_a_hanging_install_is_a_command_that_never_returns(cloud: Cloud) -> None:
+async def test_staging_puts_2_0_beside_1_0_and_restarts_nothing(cloud: Cloud) -> None:
+    directory = cloud.host("cmp-1").directory
+    assert (await ctl(cloud, "start compute"))[0] == 0
+    pid = json.loads((await ctl(cloud, "status --json"))[1])[0]["pid"]
+    assert staged_releases(directory) == ("1.0",)
+
+    assert await ctl(cloud, "stage 2.0") == (
+        0,
+        "cmp-1: staged 2.0 in releases/2.0 (on the host: 1.0, 2.0); services still point at 1.0",
+    )
+    assert await ctl(cloud, "stage 2.0") == (0, "cmp-1: 2.0 already staged; services point at 1.0")
+    assert staged_releases(directory) == ("1.0", "2.0")
+    assert os.access(directory / "releases/2.0/bin/minicloud-manage", os.X_OK)
+    assert read_release(directory) == "1.0"
+    (row,) = json.loads((await ctl(cloud, "status --json"))[1])
+    assert (row["pid"], row["release_running"], row["release_installed"]) == (pid, "1.0", "1.0")
+    assert "(restart to apply)" not in (await ctl(cloud, "status"))[1]
+    # staged is not installed: a restart still runs what the host points at
+    assert (await ctl(cloud, "restart compute"))[0] == 0
+    assert await ctl(cloud, "version compute") == (0, "1.0")
+
+    data = await commands.status_data(cloud.directory)
+    assert {name: (h["installed"], h["staged"]) for name, h in data["hosts"].items()} == {
+        "api-1": ("1.0", ["1.0"]),
+        "cmp-1": ("1.0", ["1.0", "2.0"]),
+        "ctl-1": ("1.0", ["1.0"]),
+    }
+    out_text = io.StringIO()
+    assert await commands.status(cloud.directory, as_json=False, out=out_text) == 0
+    assert "  cmp-1    compute    installed 1.0 (staged 1.0,2.0)  pin -\n" in out_text.getvalue()
+
+    # install points the services at it (staging it if need be); both stay on disk
+    assert (await ctl(cloud, "install 2.0"))[0] == 0
+    assert (await ctl(cloud, "install 1.0"))[0] == 0
+    assert staged_releases(directory) == ("1.0", "2.0")
+
+
+@pytest.mark.parametrize("command", ["install", "stage"])
+async def test_a_hanging_install_is_a_command_that_never_returns(
+    cloud: Cloud, command: str
+) -> None:
     (cloud.host("cmp-1").directory / "etc/fault").write_text("hang-install-2.0\n")
 
     with pytest.raises(MinicloudError, match="still running after 1s"):
-        await run(cloud, "cmp-1", "minicloud-ctl install 2.0", timeout=1)
+        await run(cloud, "cmp-1", f"minicloud-ctl {command} 2.0", timeout=1)
     assert (cloud.host("cmp-1").directory / "release").read_text() == "1.0\n"
+    assert staged_releases(cloud.host("cmp-1").directory) == ("1.0",)
 
 
 @pytest.mark.parametrize(
@@ -102,6 +151,7 @@ async def test_a_hanging_install_is_a_command_that_never_returns(cloud: Cloud) -
         ("start api", "host cmp-1 does not run 'api' (it runs compute)"),
         ("start nova", "unknown service 'nova'; one of conductor, api, compute or 'all'"),
         ("install 3.0", "unknown release '3.0'; one of 1.0, 2.0"),
+        ("stage 3.0", "unknown release '3.0'; one of 1.0, 2.0"),
     ],
 )
 async def test_usage_errors_exit_2(cloud: Cloud, args: str, message: str) -> None:

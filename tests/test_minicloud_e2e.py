@@ -6,6 +6,7 @@ refusal, so that the headline has teeth."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +17,10 @@ import yaml
 
 from orchestrator.engine.manager import Upgrade
 from orchestrator.engine.states import UpgradeState
+from orchestrator.minicloud import ctl
 from orchestrator.minicloud.control import versions
 from orchestrator.minicloud.embedded import EmbeddedCloud, embedded_cloud
-from orchestrator.minicloud.layout import read_host_config
+from orchestrator.minicloud.layout import read_host_config, staged_releases
 from orchestrator.minicloud.loadgen import LoadReport
 from orchestrator.playbook import resolve_playbook
 from tests.loadrun import run_under_load
@@ -59,6 +61,31 @@ def _has_old_column(ec: EmbeddedCloud) -> bool:
     with sqlite3.connect(ec.cloud.db) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(instances)")]
     return "host" in columns
+
+
+def _tables(ec: EmbeddedCloud) -> set[str]:
+    with sqlite3.connect(ec.cloud.db) as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _failed_output(journal: Path, phase: str) -> str:
+    """What the failed step of `phase` printed, as journaled (the view keeps what its
+    rollback printed last)."""
+    with sqlite3.connect(journal) as conn:
+        rows = conn.execute("SELECT kind, data FROM events ORDER BY seq").fetchall()
+    for kind, data in rows:
+        event = json.loads(data)
+        if kind == "step" and event.get("phase") == phase and event.get("state") == "failed":
+            return str(event.get("output", ""))
+    return ""
+
+
+def _service_pids(ec: EmbeddedCloud) -> dict[str, int | None]:
+    return {
+        f"{service}@{host.name}": ctl.running_pid(read_host_config(host.directory), service)
+        for host in ec.cloud.hosts
+        for service in host.roles
+    }
 
 
 @pytest.mark.timeout(300)
@@ -115,6 +142,43 @@ async def test_wrong_order_fails_real_requests(tmp_path: Path, name: str) -> Non
         assert up.view.state.terminal
         assert report.failed > 0, f"{name}: {report.summary()}"
         print(f"negative control '{name}': {report.summary()}")
+
+
+# The expand-db phase minicloud.yaml shipped before it staged the new code first:
+# the schema sync run by the minicloud-manage a 1.0 conductor has, 1.0's.
+OLD_EXPAND_DB = {
+    "name": "expand-db",
+    "description": "add the placements table; release 1.0 keeps working",
+    "once": "conductor",
+    "steps": [{"run": "minicloud-manage db expand", "idempotent": True}],
+}
+
+
+@pytest.mark.timeout(200)
+async def test_expanding_with_the_old_code_fails_touching_no_service(tmp_path: Path) -> None:
+    phases = [OLD_EXPAND_DB if p["name"] == "expand-db" else p for p in PLAYBOOK["phases"]]
+    old_order = yaml.safe_dump({**PLAYBOOK, "phases": phases}, sort_keys=False)
+    async with embedded_cloud(tmp_path / "cloud", conductors=1, apis=2, computes=2) as ec:
+        pids, schema = _service_pids(ec), _tables(ec)
+        assert None not in pids.values()
+
+        up, report = await _upgrade(ec, tmp_path, old_order, rate=20)
+
+        assert up.view.state is UpgradeState.ROLLED_BACK, up.view.reason
+        expand = up.view.phases["expand-db"]
+        assert "1 host(s) failed" in (expand.reason or ""), expand.reason
+        assert "exit status 2" in (expand.hosts["ctl-1"].error or "")
+        (step,) = expand.hosts["ctl-1"].steps.values()
+        assert step.exit == 2
+        output = _failed_output(tmp_path / "journal.db", "expand-db")
+        assert "db expand: release 1.0 knows no schema newer than 1.0" in output, output
+        assert [name for name, phase in up.view.phases.items() if phase.hosts] == ["expand-db"]
+        assert _service_pids(ec) == pids  # not one service stopped or restarted
+        assert _running_versions(ec) == {"1.0"}
+        assert _pins(ec) == {None}
+        assert _tables(ec) == schema  # nothing expanded
+        assert {staged_releases(h.directory) for h in ec.cloud.hosts} == {("1.0",)}
+        assert report.failed == 0, report.summary()
 
 
 @pytest.mark.timeout(200)

@@ -103,7 +103,12 @@ async def test_pinned_2_0_writes_both_places_unpinned_only_placements(cloud: Clo
     api = cloud.host("api-1").url("api")
     ctl = cloud.host("ctl-1")
     assert (await post(api + "/instances", {"name": "old"}))[0] == 201
-    await run(cloud, ctl, "minicloud-manage db expand", check=True)
+    await run(
+        cloud,
+        ctl,
+        "minicloud-ctl stage 2.0 && releases/2.0/bin/minicloud-manage db expand",
+        check=True,
+    )
 
     await upgrade(cloud, "ctl-1", "conductor", pin="1.0")
     status, created = await post(api + "/instances", {"name": "pinned"})

@@ -23,9 +23,10 @@ import pytest
 from orchestrator import model
 from orchestrator.actions.drain import Drainer, tcp_runtime_api
 from orchestrator.inventory import parse_inventory_text
+from orchestrator.minicloud import ctl
 from orchestrator.minicloud.control import run, running_cloud, versions
 from orchestrator.minicloud.inventory import LB_NAME, inventory_yaml
-from orchestrator.minicloud.layout import Cloud
+from orchestrator.minicloud.layout import Cloud, read_host_config, staged_releases
 from orchestrator.minicloud.lb import LoadBalancer
 from orchestrator.minicloud.loadgen import LoadGenerator, LoadReport
 from orchestrator.plan import Options, compile_plan
@@ -207,6 +208,40 @@ async def test_the_playbook_order_upgrades_with_zero_failed_requests(
     status = await run(cloud, "api-1", "minicloud-ctl status --json", check=True)
     assert '"release_running": "2.0"' in status.output
     assert '"pin_configured": null' in status.output
+
+
+def service_pids(cloud: Cloud) -> dict[str, int | None]:
+    pids = {}
+    for host in cloud.hosts:
+        config = read_host_config(host.directory)
+        for service in host.roles:
+            pids[f"{service}@{host.name}"] = ctl.running_pid(config, service)
+    return pids
+
+
+async def test_expand_db_stages_2_0_on_one_conductor_and_restarts_nothing(
+    cloud: Cloud, executor: Executor
+) -> None:
+    (batch,) = executor.phase("expand-db").batches
+    (expander,) = batch.hosts
+    assert expander.host == "ctl-1"
+    commands = [s.action.command for s in expander.steps if isinstance(s.action, model.RunAction)]
+    assert commands == ["minicloud-ctl stage 2.0", "releases/2.0/bin/minicloud-manage db expand"]
+    before = service_pids(cloud)
+    assert None not in before.values()
+
+    await executor.run_phases("expand-db")
+
+    assert service_pids(cloud) == before  # not one service restarted
+    assert set(versions(cloud).values()) == {"1.0"}
+    assert {h.name: staged_releases(h.directory) for h in cloud.hosts} == {
+        h.name: ("1.0", "2.0") if h.name == "ctl-1" else ("1.0",) for h in cloud.hosts
+    }
+    conn = sqlite3.connect(cloud.db)
+    try:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'placements'").fetchone()
+    finally:
+        conn.close()
 
 
 async def test_no_pin_upgraded_conductors_break_api_calls(cloud: Cloud, executor: Executor) -> None:

@@ -9,7 +9,9 @@ moves `instances.host` into `placements` with expand / migrate / contract.
 * `rpc`      versioned RPC over HTTP
 * `services` the conductor, api and compute apps, per release
 * `service`  `python -m orchestrator.minicloud.service SERVICE`
-* `ctl`, `manage`  the commands run on hosts (`minicloud-ctl`, `minicloud-manage`)
+* `ctl`, `manage`  the commands run on hosts (`minicloud-ctl`, `minicloud-manage`);
+  releases sit side by side on a host, and each `minicloud-manage` is one
+  release's code: 1.0's cannot expand, migrate or contract for 2.0
 * `lb`       a TCP load balancer with a subset of HAProxy's runtime API
 * `loadgen`  steady API traffic through the load balancer, with a report
 * `control`  async helpers to run host commands and start/stop a whole cloud
@@ -17,7 +19,7 @@ moves `instances.host` into `placements` with expand / migrate / contract.
 
 Injected faults, one per line in a host's `etc/fault`: `unhealthy-2.0` (health
 check answers 500 under 2.0), `crash-2.0` (a 2.0 service exits at start),
-`hang-install-2.0` (`minicloud-ctl install 2.0` never returns).
+`hang-install-2.0` (`minicloud-ctl install 2.0` or `stage 2.0` never returns).
 """
 
 from orchestrator.errors import OrchestratorError

@@ -12,7 +12,12 @@ from typing import Any, TextIO
 from orchestrator.minicloud import db
 from orchestrator.minicloud.control import run as run_on_host
 from orchestrator.minicloud.embedded import embedded_cloud
-from orchestrator.minicloud.layout import load_cloud, read_host_config, read_release
+from orchestrator.minicloud.layout import (
+    load_cloud,
+    read_host_config,
+    read_release,
+    staged_releases,
+)
 
 
 async def up(directory: Path, *, conductors: int, apis: int, computes: int, out: TextIO) -> int:
@@ -50,7 +55,8 @@ async def status_data(directory: Path) -> dict[str, Any]:
         config = read_host_config(host.directory)
         entry: dict[str, Any] = {
             "roles": list(host.roles),
-            "installed": read_release(host.directory),
+            "installed": read_release(host.directory),  # what its services point at
+            "staged": list(staged_releases(host.directory)),  # the code on the host
             "pin": config.pin,
         }
         result = await run_on_host(cloud, host, "minicloud-ctl status --json")
@@ -80,8 +86,10 @@ async def status(directory: Path, *, as_json: bool, out: TextIO) -> int:
     out.write(f"minicloud at {data['directory']}\n")
     for name, host in data["hosts"].items():
         pin = host["pin"] or "-"
+        staged = ",".join(host["staged"])
         out.write(
-            f"  {name:8} {','.join(host['roles']):10} installed {host['installed']}  pin {pin}\n"
+            f"  {name:8} {','.join(host['roles']):10} installed {host['installed']} "
+            f"(staged {staged})  pin {pin}\n"
         )
     for row in data["services"]:
         out.write(

@@ -1,13 +1,20 @@
 """`minicloud-ctl`: install a release, start/stop services, report status, on one host.
 
 ```
-minicloud-ctl install 1.0|2.0
+minicloud-ctl stage 1.0|2.0         put the release's code in releases/R beside the
+                                    others; what runs is untouched
+minicloud-ctl install 1.0|2.0       stage it if need be and point the services at it
+                                    (the `release` file); restart to run it
 minicloud-ctl start|stop|restart SERVICE|all
 minicloud-ctl status [--json]
 minicloud-ctl health SERVICE        exit 0 when GET /healthcheck answers 200
 minicloud-ctl version SERVICE       the running service's version (GET /)
 minicloud-ctl manage ...            = minicloud-manage ... (see manage.py)
 ```
+
+Releases sit side by side as openstack-ansible's venvs do (see `layout`), so
+the new release's `releases/2.0/bin/minicloud-manage` can sync the schema
+while every service still runs 1.0.
 
 The host is the working directory (or $HOST_DIR). `start` detaches the
 service into its own session, records its pid and waits until it answers;
@@ -40,6 +47,8 @@ from orchestrator.minicloud.layout import (
     host_dir,
     read_host_config,
     read_release,
+    stage_release,
+    staged_releases,
     write_release,
 )
 
@@ -256,12 +265,30 @@ def _services(config: HostConfig, name: str) -> tuple[str, ...]:
     return (name,)
 
 
-def install(config: HostConfig, release: str) -> str:
+def _stage(config: HostConfig, release: str) -> bool:
     if release not in RELEASES:
         raise Usage(f"unknown release '{release}'; one of {', '.join(RELEASES)}")
     if f"hang-install-{release}" in faults(config.directory):
         while True:  # injected fault: a command that never returns
             time.sleep(3600)
+    return stage_release(config.directory, release)
+
+
+def stage(config: HostConfig, release: str) -> str:
+    """Release `release`'s code on the host, beside the others; nothing restarts."""
+    staged = _stage(config, release)
+    running = read_release(config.directory)
+    if not staged:
+        return f"{config.host}: {release} already staged; services point at {running}"
+    return (
+        f"{config.host}: staged {release} in releases/{release} "
+        f"(on the host: {', '.join(staged_releases(config.directory))}); "
+        f"services still point at {running}"
+    )
+
+
+def install(config: HostConfig, release: str) -> str:
+    _stage(config, release)
     previous = read_release(config.directory)
     write_release(config.directory, release)
     return f"{config.host}: installed {release} (was {previous}); restart services to run it"
@@ -270,7 +297,10 @@ def install(config: HostConfig, release: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minicloud-ctl", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("install", help="install a release").add_argument("release")
+    sub.add_parser("stage", help="put a release's code beside the others").add_argument("release")
+    sub.add_parser("install", help="stage a release, point the services at it").add_argument(
+        "release"
+    )
     for name in ("start", "stop", "restart"):
         sub.add_parser(name, help=f"{name} a service of this host").add_argument("service")
     sub.add_parser("status", help="services of this host").add_argument(
@@ -284,6 +314,8 @@ def _parser() -> argparse.ArgumentParser:
 def run(argv: list[str]) -> str:
     args = _parser().parse_args(argv)
     config = read_host_config(host_dir())
+    if args.command == "stage":
+        return stage(config, args.release)
     if args.command == "install":
         return install(config, args.release)
     if args.command == "status":

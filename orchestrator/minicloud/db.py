@@ -3,9 +3,10 @@
 Release 1.0 keeps an instance's compute host in `instances.host`. Release 2.0
 moves it into `placements`: expand adds the table, pinned 2.0 conductors write
 both, the online migration copies what is left, contract drops the column.
-Only conductors and `minicloud-manage` write here. Each call opens its own
-short-lived connection (WAL, busy timeout) so processes never share a handle
-and schema changes by `minicloud-manage` are seen at once.
+Only conductors and `minicloud-manage` write here (the schema commands are
+2.0's code: see `manage`). Each call opens its own short-lived connection
+(WAL, busy timeout) so processes never share a handle and schema changes by
+`minicloud-manage` are seen at once.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ class NotExpanded(MinicloudError):
     exit_code = 2
 
     def __init__(self) -> None:
-        super().__init__("the schema is not expanded: run `minicloud-manage db expand` first")
+        super().__init__(
+            "the schema is not expanded: run `minicloud-manage db expand` (2.0's code) first"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +160,7 @@ def migrate(path: Path, max_count: int | None = None) -> tuple[int, int]:
 
 def _blockers(conn: sqlite3.Connection, now: float) -> list[str]:
     if not has_table(conn, "placements"):
-        return ["the schema is not expanded (run `minicloud-manage db expand`)"]
+        return ["the schema is not expanded (run `minicloud-manage db expand` of 2.0)"]
     reasons = []
     old = [
         f"{binary} on {host} ({'runs 1.0' if version == '1.0' else 'is pinned to 1.0'})"
