@@ -146,7 +146,8 @@ class VersionProbe:
     """`http` URL with optional `json_path`, or `run` whose stdout is the version.
 
     With `releases` ((release, PEP 440 specifier), ...) the probe's answer is a
-    package version and the host reports the release whose specifier holds it.
+    package version, and the host is at a version when the answer is it or
+    belongs to that release.
     Left out of the JSON when empty, so plans (and journals) made before it
     keep their digests."""
 
@@ -155,6 +156,18 @@ class VersionProbe:
     run: str | None = None
     timeout: float = 10.0
     releases: Annotated[tuple[tuple[str, str], ...], Field(exclude_if=lambda v: not v)] = ()
+
+    def reports(self, answer: str | None, version: str) -> bool:
+        """Whether a probe's answer is `version`: the answer itself (a package
+        version, as a hotfix targets) or the release it belongs to."""
+        return answer is not None and version in (answer, self.release_of(answer))
+
+    def describe(self, answer: str | None) -> str:
+        """`39.0.0 (2026.2)` for an answer that maps to a release."""
+        if answer is None:
+            return "nothing"
+        release = self.release_of(answer)
+        return answer if release == answer else f"{answer} ({release})"
 
     def release_of(self, reported: str) -> str:
         """The release `reported` belongs to, or `reported` itself when no

@@ -35,8 +35,12 @@ def describe_check(check: model.Check) -> str:
 def describe_probe(probe: model.VersionProbe) -> str:
     if probe.http:
         path = f" {probe.json_path}" if probe.json_path else ""
-        return f"http {probe.http}{path}"
-    return f"run {probe.run}"
+        text = f"http {probe.http}{path}"
+    else:
+        text = f"run {probe.run}"
+    if probe.releases:
+        text += " [" + ", ".join(f"{r}: {spec}" for r, spec in probe.releases) + "]"
+    return text
 
 
 def describe_action(action: model.RunAction | model.ConfigAction | model.WaitAction) -> str:

@@ -188,17 +188,30 @@ async def test_run_drain_waits_until_command_succeeds(make_ssh_hosts: MakeSSHHos
 async def test_version_probe_maps_a_package_version_to_its_release(
     http_server: tuple[str, dict[str, object]],
 ) -> None:
-    """A real service reports a package version; `releases` turns it into the release."""
+    """A real service reports a package version; `releases` says which release it is."""
     url, state = http_server
     releases = (("2026.1", ">=35,<36"), ("2026.2", ">=39,<40"))
     probe = model.VersionProbe(http=f"{url}/", json_path="release.version", releases=releases)
+    health = model.Health(checks=(), passes=1, interval=0.01, deadline=0.05)
+
+    async def fast(_: float) -> None:
+        await asyncio.sleep(0)
+
     async with aiohttp.ClientSession() as session:
         checker = Checker(remote=None, session=session)  # type: ignore[arg-type]
         state["version"] = "39.0.0"
-        assert await checker.version("h", probe) == "2026.2"
-        state["version"] = "35.1.0"
-        assert await checker.version("h", probe) == "2026.1"
-        state["version"] = "38.0.0"  # an intermediate release: neither, reported as it is
-        assert await checker.version("h", probe) == "38.0.0"
-        state["version"] = "not a version"
-        assert await checker.version("h", probe) == "not a version"
+        assert await checker.version("h", probe) == "39.0.0"
+        ok = await checker.until_healthy("h", health, version=probe, target="2026.2", sleep=fast)
+        assert ok.ok, ok.detail
+        assert "39.0.0 (2026.2)" in ok.detail
+        # a hotfix targets the package version itself
+        assert (
+            await checker.until_healthy("h", health, version=probe, target="39.0.0", sleep=fast)
+        ).ok
+        state["version"] = "38.0.0"  # an intermediate release: neither
+        stale = await checker.until_healthy("h", health, version=probe, target="2026.2", sleep=fast)
+        assert not stale.ok
+        assert "reports version 38.0.0, want '2026.2'" in stale.detail
+    assert probe.reports("35.1.0", "2026.1")
+    assert not probe.reports("not a version", "2026.1")
+    assert not probe.reports(None, "2026.1")

@@ -96,7 +96,7 @@ class Checker:
             return CheckResult(False, f"tcp {check.address}:{check.port}: {exc or 'timeout'}")
 
     async def version(self, host: str, probe: model.VersionProbe) -> str | None:
-        """The version the host reports, or None when it cannot tell."""
+        """What the host answers (see `VersionProbe.reports`), or None when it cannot tell."""
         try:
             if probe.http is not None:
                 timeout = aiohttp.ClientTimeout(total=probe.timeout)
@@ -108,13 +108,12 @@ class Checker:
                     value = json_path(json.loads(text), probe.json_path)
                 except ValueError:
                     value = text.strip() if probe.json_path is None else None
-                return None if value is None else probe.release_of(str(value))
+                return None if value is None else str(value)
             if probe.run is not None:
                 result = await self.remote.run(host, probe.run, timeout=probe.timeout)
                 if result.exit_status != 0:
                     return None
-                reported = _last(result.output).strip()
-                return probe.release_of(reported) if reported else None
+                return _last(result.output).strip() or None
         except (aiohttp.ClientError, TimeoutError, OSError, TransportError):
             return None
         return None
@@ -162,9 +161,11 @@ class Checker:
             details.append(result.detail)
         if version is not None:
             seen = await self.version(host, version)
-            if seen != target:
-                return CheckResult(False, f"reports version {seen!r}, want {target!r}")
-            details.append(f"version {seen}")
+            if not version.reports(seen, target):
+                return CheckResult(
+                    False, f"reports version {version.describe(seen)}, want {target!r}"
+                )
+            details.append(f"version {version.describe(seen)}")
         return CheckResult(True, "; ".join(details) or "ok")
 
 

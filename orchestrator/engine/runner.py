@@ -298,15 +298,15 @@ class Engine:
                 return
             probe = probes.get(host.name)
             version = None if probe is None else await self.checker.version(host.name, probe)
-            if version is None or version == self.plan.from_version:
+            if probe is None or version is None or probe.reports(version, self.plan.from_version):
                 status = "ready"
-            elif version == self.plan.to_version:
+            elif probe.reports(version, self.plan.to_version):
                 status = "at_target"
             else:
                 status = "error"
                 problems.append(
-                    f"{host.name}: reports version {version}, neither {self.plan.from_version} "
-                    f"nor {self.plan.to_version}"
+                    f"{host.name}: reports version {probe.describe(version)}, neither "
+                    f"{self.plan.from_version} nor {self.plan.to_version}"
                 )
             await self.emit("preflight.host", host=host.name, status=status, version=version)
 
@@ -398,8 +398,8 @@ class Engine:
                 behind = []
                 for host, probe in gate.probes:
                     seen = await self.checker.version(host, probe)
-                    if seen != self.plan.to_version:
-                        behind.append(f"{host}={seen}")
+                    if not probe.reports(seen, self.plan.to_version):
+                        behind.append(f"{host}={probe.describe(seen) if seen else seen}")
                 ok = not behind
                 detail = "all at target" if ok else "not at target: " + ", ".join(behind[:10])
             else:
