@@ -42,6 +42,13 @@ T = TypeVar("T")
 
 ROLES = """\
 roles:
+  placement:
+    version:
+      run: "/openstack/current/placement-api/bin/placement-manage --version"
+      releases: {"2025.2": ">=14,<15", "2026.1": ">=15,<16"}
+    health:
+      - {http: "http://{{ host.address }}:8778/", expect_status: 200}
+    drain: {load_balancer: placement, server: "{{ host.name }}", timeout: 2m}
   api:
     version: {http: "http://{{ host.address }}:8774/", json_path: version}
     health:
@@ -65,7 +72,7 @@ roles:
 
 
 def inventory_text(hosts: int) -> str:
-    """`hosts` hosts: 3 controllers (conductor + api behind the load balancer),
+    """`hosts` hosts: 3 controllers (conductor, api and placement behind the load balancer),
     the rest computes spread over 4 zones, zone by zone."""
     computes = hosts - CONTROLLERS
     lines = [
@@ -74,11 +81,12 @@ def inventory_text(hosts: int) -> str:
         f'vars: {{from_version: "{FROM}"}}',
         "load_balancers:",
         "  public: {address: '127.0.0.1:9999', backend: nova_api}",
+        "  placement: {address: '127.0.0.1:9999', backend: placement_api}",
         ROLES.rstrip("\n"),
         "hosts:",
     ]
     for c in range(1, CONTROLLERS + 1):
-        lines.append(f"  ctl-{c}: {{address: 10.0.0.{10 + c}, roles: [conductor, api]}}")
+        lines.append(f"  ctl-{c}: {{address: 10.0.0.{10 + c}, roles: [conductor, api, placement]}}")
     per_zone = -(-computes // len(ZONES))
     for n in range(computes):
         zone = ZONES[n // per_zone]

@@ -24,8 +24,9 @@ def test_plan_prints_the_tree(repo_root: Path) -> None:
     code, out, err = _run(NOVA)
 
     assert (code, err) == (0, "")
-    assert out.startswith("Plan nova: 2025.2 -> 2026.1 on example-cloud (13 hosts, 10 phases)\n")
-    assert "point of no return: phase 'contract-db'" in out
+    assert out.startswith("Plan nova: 2025.2 -> 2026.1 on example-cloud (13 hosts, 11 phases)\n")
+    # nova drops columns in a later release's db sync: nothing here is irreversible
+    assert "point of no return" not in out
 
 
 def test_plan_json_parses_and_carries_its_digest(repo_root: Path) -> None:

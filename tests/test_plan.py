@@ -586,3 +586,177 @@ def test_inventory_template_errors_point_into_the_inventory() -> None:
         "inv.yaml:19:15: roles.compute.health[0].tcp: expected ADDRESS:PORT, got '10.0.1.1' "
         "(for host cmp-1)"
     ]
+
+
+# --- the shipped nova and neutron playbooks on the example inventory ---------------
+
+
+def _example(name: str, to: str = "2026.1", inventory: str | None = None) -> model.Plan:
+    if inventory is None:
+        inv, inv_doc = load_inventory("inventory.example.yaml")
+    else:
+        inv, inv_doc = parse_inventory_text(inventory, "inventory.example.yaml")
+    pb, pb_doc = load_playbook(name)
+    return compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version=to))
+
+
+def _phase(plan: model.Plan, name: str) -> model.Phase:
+    return next(p for p in plan.phases if p.name == name)
+
+
+@pytest.mark.parametrize(
+    ("name", "package"), [("nova", "'nova>=33,<34'"), ("neutron", "'neutron>=28,<29'")]
+)
+def test_shipped_playbooks_install_a_release_by_name(
+    repo_root: Path, name: str, package: str
+) -> None:
+    plan = _example(name)
+
+    build = _commands(_host(_phase(plan, "install-code"), "ctl-1"))
+    assert any(
+        package in c and "constraints/upper/2026.1" in c and f"{name}-2026.1/.installed" in c
+        for c in build
+    ), build
+    assert f"test -d /openstack/venvs/{name}-2025.2" in build  # the rollback target
+
+
+@pytest.mark.parametrize("name", ["nova", "neutron"])
+def test_a_release_without_a_package_mapping_fails_at_plan_time(repo_root: Path, name: str) -> None:
+    with pytest.raises(InputError) as info:
+        _example(name, to="2027.1")
+
+    messages = [str(p) for p in info.value.problems]
+    assert messages and all("2027.1" in m for m in messages), messages
+    assert f"playbooks/{name}.yaml" in messages[0]
+    assert "phases[0].steps[1].run" in messages[0]
+
+
+def test_every_api_restart_in_the_shipped_plans_is_drained(repo_root: Path) -> None:
+    """nova-api, placement-api and neutron-server restart or reload only while
+    their host is out of the load balancer."""
+    apis = {"nova": "nova-api", "neutron": "neutron-server"}
+    for name, unit in apis.items():
+        plan = _example(name)
+        restarting = 0
+        for phase in plan.phases:
+            for batch in phase.batches:
+                for host in batch.hosts:
+                    commands = [
+                        c.command
+                        for s in host.steps
+                        for c in (s.action, s.undo)
+                        if isinstance(c, model.RunAction)
+                    ]
+                    restarts = [
+                        c
+                        for c in commands
+                        if ("systemctl restart" in c or "systemctl reload" in c)
+                        and (f" {unit}" in c or "placement-api" in c)
+                    ]
+                    if restarts:
+                        restarting += 1
+                        assert host.drains, (name, phase.name, host.host, restarts)
+        assert restarting > 0, name
+
+
+def test_nova_syncs_every_cell_with_the_new_code(repo_root: Path) -> None:
+    text = Path("inventory.example.yaml").read_text()
+    text = text.replace(
+        "  nova_conf: /etc/nova/nova.conf\n",
+        "  nova_conf: /etc/nova/nova.conf\n  nova_cell_confs: [/etc/nova/cell1.conf]\n",
+    )
+    plan = _example("nova", inventory=text)
+
+    sync = _commands(_host(_phase(plan, "sync-nova-db"), "ctl-1"))
+    new = "/openstack/venvs/nova-2026.1/bin/nova-manage"
+    assert sync[1] == f"{new} api_db sync"
+    assert sync[2] == (
+        f"{new} db sync && {new} --config-file /etc/nova/nova.conf "
+        "--config-file /etc/nova/cell1.conf db sync --local_cell"
+    )
+    migrate = _commands(_host(_phase(plan, "migrate-data"), "ctl-1"))
+    assert migrate == [
+        f"{new} db online_data_migrations --max-count 1000 && {new} --config-file "
+        "/etc/nova/nova.conf --config-file /etc/nova/cell1.conf db online_data_migrations "
+        "--max-count 1000"
+    ]
+
+
+def test_nova_plan_has_no_point_of_no_return_and_pins_before_new_code(repo_root: Path) -> None:
+    plan = _example("nova")
+
+    assert plan.irreversible_phase() is None
+    pin = _host(_phase(plan, "pin-rpc"), "ctl-1")
+    assert _commands(pin) == [
+        "true",
+        "config compute=auto",
+        "systemctl restart nova-conductor",
+        "systemctl restart nova-api",
+    ]
+    # restored config first, then every nova service of the host restarts
+    assert pin.steps[0].undo is not None
+    assert pin.steps[0].undo.command == "systemctl restart nova-conductor nova-api"
+    (gate,) = _phase(plan, "reset-rpc-pins").gates
+    # controllers are judged by nova-conductor, not by placement
+    assert dict(gate.probes)["ctl-1"].run == (
+        "/openstack/current/nova-conductor/bin/nova-conductor --version"
+    )
+
+
+def test_neutron_contract_phases_stop_and_start_every_server(repo_root: Path) -> None:
+    plan = _example("neutron")
+    units = "neutron-server neutron-rpc-server neutron-periodic-workers"
+    servers = ["ctl-1", "ctl-2", "ctl-3"]
+
+    stop = _phase(plan, "stop-servers-for-contract")
+    assert _hosts(stop) == [servers]  # all at once: none runs during the contract
+    for name in servers:
+        host = _host(stop, name)
+        assert host.drains == ()
+        (step,) = host.steps
+        assert "has_offline_migrations; then echo" in _commands(host)[0]
+        assert f"else systemctl stop {units}; fi" in _commands(host)[0]
+        assert step.undo is not None and step.undo.command == f"systemctl start {units}"
+    contract = _phase(plan, "contract-db")
+    assert (contract.irreversible, contract.max_failures) == (True, 1)
+    assert plan.irreversible_phase() is contract
+    start = _phase(plan, "start-servers")
+    assert _hosts(start) == [servers]
+    for name in servers:
+        host = _host(start, name)
+        assert _commands(host) == [f"systemctl start {units}"]
+        assert host.health is not None
+        assert host.version is None  # never skipped as "already at the target"
+    assert [p.name for p in plan.phases[-4:]] == [
+        "stop-servers-for-contract",
+        "contract-db",
+        "start-servers",
+        "verify-contract",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("role", "package_versions"),
+    [
+        ("placement", ("14.0.0", "15.0.0", "16.0.1")),
+        ("conductor", ("32.2.0", "33.0.2", "34.0.0")),
+        ("api", ("32.0.0", "33.1.0", "34.0.1")),
+        ("compute", ("32.1.0", "33.0.0", "34.2.0")),
+        ("network", ("27.0.3", "28.0.0", "29.0.0")),
+        ("agent", ("27.0.0", "28.1.0", "29.0.2")),
+    ],
+)
+def test_example_version_probes_report_releases(
+    repo_root: Path, role: str, package_versions: tuple[str, str, str]
+) -> None:
+    inv, _ = load_inventory("inventory.example.yaml")
+    spec = inv.roles[role].version
+    assert spec is not None and spec.run is not None
+    assert spec.run.startswith("/openstack/current/")
+    probe = model.VersionProbe(run=spec.run, releases=tuple((spec.releases or {}).items()))
+
+    releases = [probe.release_of(v) for v in package_versions]
+
+    assert releases == ["2025.2", "2026.1", "2026.2"]
+    candidate = package_versions[1].split(".")[0] + ".0.0rc1"
+    assert probe.release_of(candidate) == candidate  # a release candidate is no release

@@ -68,21 +68,86 @@ def test_playbook_path_that_does_not_exist_is_an_input_error(ref: str) -> None:
 
 
 def test_nova_playbook_shape() -> None:
+    """Upstream order: new code first, placement before nova, db sync with the
+    new code, services on the new code conductors first and APIs drained, data
+    migrations last; nova has no contract step, so no point of no return."""
     playbook, _ = load_playbook("nova")
+    names = [p.name for p in playbook.phases]
     phases = {p.name: p for p in playbook.phases}
 
-    assert [p.kind for p in playbook.phases][:3] == ["once", "all", "rolling"]
-    assert phases["pin-rpc"].roles == ["conductor", "api", "compute"]
-    assert phases["pin-rpc"].max_unavailable == {"api": 1, "compute": "25%"}
+    assert names == [
+        "install-code",
+        "sync-placement-db",
+        "upgrade-placement",
+        "migrate-placement-data",
+        "sync-nova-db",
+        "pin-rpc",
+        "upgrade-conductors",
+        "upgrade-apis",
+        "upgrade-computes",
+        "reset-rpc-pins",
+        "migrate-data",
+    ]
+    assert not any(p.irreversible for p in playbook.phases)
+    assert [p.name for p in playbook.phases if p.approve] == ["upgrade-conductors"]
+    assert phases["install-code"].roles == ["placement", "conductor", "api", "compute"]
+    sync = [s.run or "" for s in phases["sync-nova-db"].steps]
+    assert "online_data_migrations" in sync[0] and "nova-{{ from_version }}" in sync[0]
+    assert sync[1].endswith("nova-{{ to_version }}/bin/nova-manage api_db sync")
+    assert "nova-{{ to_version }}/bin/nova-manage db sync" in sync[2]
+    assert sync[3].endswith("nova-{{ to_version }}/bin/nova-status upgrade check")
+    assert phases["sync-nova-db"].steps[3].ok_exit == [0, 1]  # 1 is a warning
+    # every phase that restarts or reloads nova-api drains it
+    for name in ("pin-rpc", "upgrade-apis", "reset-rpc-pins"):
+        assert phases[name].drain is not False, name
+        assert "api" in phases[name].roles
+    assert phases["pin-rpc"].drain is phases["reset-rpc-pins"].drain is True
+    assert phases["pin-rpc"].max_unavailable == {"conductor": 1, "api": 1, "compute": "25%"}
     assert phases["upgrade-computes"].batch == [1, "25%", "50%"]
+    assert [g.all_at_target for g in phases["reset-rpc-pins"].gate] == [True]
+    # nova-manage db online_data_migrations: 0 done, 1 ran some and more may
+    # remain (run again), 2 errors and nothing else could progress, 127 bad input
+    for name in ("migrate-placement-data", "migrate-data"):
+        step = phases[name].steps[0]
+        assert "online_data_migrations --max-count 1000" in (step.run or "")
+        assert (step.ok_exit, step.repeat_while_exit) == ([0], [1])
+        assert step.repeat_interval == 2.0
+
+
+def test_neutron_playbook_shape() -> None:
+    """Expand with the new code, servers then agents, and a contract that stops
+    the servers only when has_offline_migrations says it must."""
+    playbook, _ = load_playbook("neutron")
+    names = [p.name for p in playbook.phases]
+    phases = {p.name: p for p in playbook.phases}
+
+    assert names == [
+        "install-code",
+        "expand-db",
+        "upgrade-servers",
+        "upgrade-agents",
+        "stop-servers-for-contract",
+        "contract-db",
+        "start-servers",
+        "verify-contract",
+    ]
+    expand = phases["expand-db"].steps[0].run or ""
+    assert expand.endswith("neutron-{{ to_version }}/bin/neutron-db-manage upgrade --expand")
+    assert phases["upgrade-servers"].drain is None  # rolling: drained by default
+    assert phases["upgrade-servers"].max_unavailable == 1
+    stop = phases["stop-servers-for-contract"]
+    assert (stop.kind, stop.approve, stop.irreversible) == ("all", True, False)
+    assert "has_offline_migrations;" in (stop.steps[0].run or "")
+    assert stop.steps[0].undo == "systemctl start{% for u in server_units %} {{ u }}{% endfor %}"
     contract = phases["contract-db"]
-    assert contract.irreversible
-    assert contract.approve
-    assert [g.all_at_target for g in contract.gate] == [True, None]
-    assert contract.gate[1].run == "nova-status upgrade check"
-    migrate = phases["migrate-data"].steps[0]
-    assert migrate.repeat_while_exit == [1]
-    assert migrate.repeat_interval == 2.0
+    assert [p.name for p in playbook.phases if p.irreversible] == ["contract-db"]
+    assert (contract.kind, contract.max_failures) == ("once", 1)
+    assert "has_offline_migrations" in (contract.steps[0].check or "")
+    start = phases["start-servers"]
+    assert (start.kind, start.health, start.verify_version) == ("all", True, None)
+    verify = phases["verify-contract"].steps[0]
+    assert (verify.run or "").endswith("has_offline_migrations")
+    assert verify.ok_exit == [0]
 
 
 def test_phase_defaults() -> None:
