@@ -5,6 +5,7 @@ and the load balancer in front of the APIs)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +36,13 @@ async def run_under_load(
     approve: bool = True,
     approve_after: int = 0,
     deadline: float = 240.0,
+    to_version: str = "2.0",
+    load: Callable[..., LoadGenerator] = LoadGenerator,
+    workers: int = 4,
 ) -> UpgradeRun:
-    """Run `playbook` (default: the shipped minicloud one) to 2.0 through an
-    in-process UpgradeManager while a load generator checks every answer.
+    """Run `playbook` (default: the shipped minicloud one) to `to_version`
+    through an in-process UpgradeManager while a load generator (`load`,
+    minicloud's by default) checks every answer.
 
     The point of no return is approved once the load has made `approve_after`
     requests since the submit (an operator watching the figures before
@@ -46,28 +51,30 @@ async def run_under_load(
     inv, inv_doc = parse_inventory_text(inventory_text, "inventory.yaml")
     text = playbook if playbook is not None else resolve_playbook("minicloud").read_text()
     pb, pb_doc = parse_playbook_text(text, "playbook.yaml")
-    plan = compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"))
+    plan = compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version=to_version))
     journal = await Journal.open(journal_path)
     manager = UpgradeManager(journal)
     await manager.start()
     loop = asyncio.get_running_loop()
     try:
-        async with LoadGenerator(lb_url, rate=rate, max_duration=deadline + 60) as load:
-            await load.wait(10)
-            before, started = len(load.latencies), loop.time()
+        async with load(
+            lb_url, rate=rate, workers=workers, max_duration=deadline + 60
+        ) as generator:
+            await generator.wait(10)
+            before, started = len(generator.latencies), loop.time()
             up, _ = await manager.submit(plan)
             async with asyncio.timeout(deadline):
                 while not up.view.state.terminal:
                     if (
                         approve
                         and up.view.state is UpgradeState.WAITING_APPROVAL
-                        and len(load.latencies) - before >= approve_after
+                        and len(generator.latencies) - before >= approve_after
                     ):
                         await manager.control(up.id, "approve")
                     await asyncio.sleep(0.2)
-            during, seconds = len(load.latencies) - before, loop.time() - started
+            during, seconds = len(generator.latencies) - before, loop.time() - started
             await asyncio.sleep(0.5)
-        return UpgradeRun(up, load.report(), during, seconds)
+        return UpgradeRun(up, generator.report(), during, seconds)
     finally:
         await manager.close()
         await journal.close()

@@ -22,6 +22,7 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -65,7 +66,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
-class _Failure(Exception):
+class LoadFailure(Exception):
     def __init__(self, kind: str, detail: str) -> None:
         self.kind, self.detail = kind, detail
         super().__init__(f"{kind}: {detail}")
@@ -80,12 +81,14 @@ class LoadGenerator:
         workers: int = 4,
         max_duration: float = 120.0,
         timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         if rate <= 0 or workers < 1:
             raise ValueError("rate must be positive and workers at least 1")
         self.url = url.rstrip("/")
         self.rate, self.workers = rate, workers
         self.max_duration, self.timeout = max_duration, timeout
+        self.headers = dict(headers or {})
         self.latencies: list[float] = []
         self.failures: Counter[str] = Counter()
         self.examples: list[str] = []
@@ -113,6 +116,7 @@ class LoadGenerator:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(force_close=True),
             timeout=aiohttp.ClientTimeout(total=self.timeout),
+            headers=self.headers,
         )
         self._started = time.monotonic()
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
@@ -175,19 +179,19 @@ class LoadGenerator:
             try:
                 instance_id, host = int(created["id"]), created["host"]
             except (KeyError, TypeError, ValueError):
-                raise _Failure("bad json", f"POST answered {created!r}") from None
-        except _Failure as failure:
+                raise LoadFailure("bad json", f"POST answered {created!r}") from None
+        except LoadFailure as failure:
             self._fail(failure)
             return
         try:
             read = await self._request("GET", f"/instances/{instance_id}", 200, None)
             if not isinstance(read, dict) or read.get("host") != host or host is None:
                 got = read.get("host") if isinstance(read, dict) else read
-                raise _Failure("mismatch", f"instance {instance_id}: POST {host}, GET {got}")
-        except _Failure as failure:
+                raise LoadFailure("mismatch", f"instance {instance_id}: POST {host}, GET {got}")
+        except LoadFailure as failure:
             self._fail(failure)
 
-    def _fail(self, failure: _Failure) -> None:
+    def _fail(self, failure: LoadFailure) -> None:
         self.failures[failure.kind] += 1
         if len(self.examples) < SAMPLES_KEPT:
             self.examples.append(str(failure))
@@ -204,12 +208,14 @@ class LoadGenerator:
                 self.latencies.append(time.monotonic() - started)
                 self._answered.set()
         except TimeoutError:
-            raise _Failure("timeout", f"{method} {path}") from None
+            raise LoadFailure("timeout", f"{method} {path}") from None
         except aiohttp.ClientError as exc:
-            raise _Failure("connection", f"{method} {path}: {exc!r}") from None
+            raise LoadFailure("connection", f"{method} {path}: {exc!r}") from None
         if status != expect:
-            raise _Failure(f"status {status}", f"{method} {path}: {text[:200]}")
+            raise LoadFailure(f"status {status}", f"{method} {path}: {text[:200]}")
+        if expect in (202, 204) and not text.strip():
+            return None  # accepted, nothing to read
         try:
             return json.loads(text)
         except ValueError:
-            raise _Failure("bad json", f"{method} {path}: {text[:200]}") from None
+            raise LoadFailure("bad json", f"{method} {path}: {text[:200]}") from None

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from orchestrator.minicloud.layout import free_ports
-from tests.integration.servers import Servers
+from tests.integration.servers import Servers, stop_process
 
 ADDRESS = "127.0.0.1"
 START_DEADLINE = 10.0
@@ -36,15 +36,18 @@ class RealHAProxy:
         self,
         servers: Servers,
         directory: Path,
-        backends: Mapping[str, int],
+        backends: Mapping[str, int | tuple[str, int]],
         *,
         backend: str = "api",
         port: int | None = None,
     ) -> None:
-        """`backends`: server name -> port on 127.0.0.1."""
+        """`backends`: server name -> port on 127.0.0.1, or (address, port)."""
         self.servers = servers
         self.directory = directory
-        self.backends = dict(backends)
+        self.backends = {
+            name: (ADDRESS, spec) if isinstance(spec, int) else spec
+            for name, spec in backends.items()
+        }
         self.backend = backend
         self.port = port if port is not None else free_ports(1)[0]
         # a UNIX socket path must fit in 108 bytes; pytest's tmp paths may not
@@ -60,7 +63,7 @@ class RealHAProxy:
 
     def config_text(self) -> str:
         servers = "\n".join(
-            f"    server {name} {ADDRESS}:{port}" for name, port in self.backends.items()
+            f"    server {name} {address}:{port}" for name, (address, port) in self.backends.items()
         )
         return f"""\
 global
@@ -118,14 +121,7 @@ backend {self.backend}
     async def close(self) -> None:
         process, self._process = self._process, None
         try:
-            if process is not None and process.returncode is None:
-                process.terminate()
-                try:
-                    async with asyncio.timeout(5):
-                        await process.wait()
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+            await stop_process(process, 5)
         finally:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 

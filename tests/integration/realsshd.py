@@ -31,7 +31,7 @@ from pathlib import Path
 from orchestrator.minicloud.layout import free_ports
 from orchestrator.minicloud.sshd import ADDRESS, loopback_target
 from orchestrator.model import HostTarget
-from tests.integration.servers import Servers
+from tests.integration.servers import Servers, stop_process
 
 USER = "stack"
 START_DEADLINE = 10.0
@@ -47,6 +47,7 @@ class _Host:
     directory: Path
     files: Path
     port: int
+    address: str = ADDRESS
     process: asyncio.subprocess.Process | None = None
 
     @property
@@ -69,7 +70,10 @@ class RealSSHHosts:
         *,
         host_dirs: Mapping[str, Path] | None = None,
         env: Mapping[str, str] | None = None,
+        addresses: Mapping[str, str] | None = None,
     ) -> None:
+        """`addresses`: a loopback address per host to listen on (default
+        127.0.0.1 for all), so that hosts can be machines of their own."""
         self.servers = servers
         self.root = root
         self.user = USER
@@ -79,7 +83,11 @@ class RealSSHHosts:
         ports = iter(free_ports(len(hosts)))
         self._hosts = {
             name: _Host(
-                name, (host_dirs or {}).get(name, root / name), root / f"{name}.sshd", next(ports)
+                name,
+                (host_dirs or {}).get(name, root / name),
+                root / f"{name}.sshd",
+                next(ports),
+                (addresses or {}).get(name, ADDRESS),
             )
             for name in hosts
         }
@@ -90,6 +98,9 @@ class RealSSHHosts:
 
     def port(self, name: str) -> int:
         return self._hosts[name].port
+
+    def address(self, name: str) -> str:
+        return self._hosts[name].address
 
     def host_dir(self, name: str) -> Path:
         return self._hosts[name].directory
@@ -112,6 +123,7 @@ class RealSSHHosts:
             known_hosts=self.known_hosts_path,
             become="none",
         )
+        changes = {"address": self._hosts[name].address, **changes}
         return dataclasses.replace(target, **changes)  # type: ignore[arg-type]
 
     def targets(self, **changes: object) -> tuple[HostTarget, ...]:
@@ -136,7 +148,7 @@ class RealSSHHosts:
         lines = []
         for host in self._hosts.values():
             kind, blob = (host.key.with_suffix(".pub")).read_text().split()[:2]
-            lines.append(f"[{ADDRESS}]:{host.port} {kind} {blob}")
+            lines.append(f"[{host.address}]:{host.port} {kind} {blob}")
         self.known_hosts_path.write_text("\n".join(lines) + "\n")
 
     async def change_host_key(self, name: str) -> None:
@@ -195,7 +207,7 @@ class RealSSHHosts:
         setenv = " ".join(f'"{k}={v}"' for k, v in env.items())  # sshd_config quoting
         config = f"""\
 Port {host.port}
-ListenAddress {ADDRESS}
+ListenAddress {host.address}
 AddressFamily inet
 HostKey {host.key}
 PidFile {host.files / "sshd.pid"}
@@ -250,7 +262,7 @@ LogLevel VERBOSE
                     f"sshd for {host.name} exited {host.process.returncode}:\n{self.log(host.name)}"
                 )
             try:
-                _, writer = await asyncio.open_connection(ADDRESS, host.port)
+                _, writer = await asyncio.open_connection(host.address, host.port)
             except OSError:
                 if loop.time() > deadline:
                     raise RuntimeError(
@@ -265,12 +277,4 @@ LogLevel VERBOSE
     async def _stop(self, host: _Host) -> None:
         """Stop the listener; sessions still open end with their connections."""
         process, host.process = host.process, None
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            async with asyncio.timeout(STOP_DEADLINE):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await stop_process(process, STOP_DEADLINE)

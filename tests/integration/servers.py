@@ -6,10 +6,12 @@ on a developer machine the test skips with the command that installs them.
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import shutil
 from dataclasses import dataclass
+from typing import NoReturn
 
 import pytest
 
@@ -26,7 +28,7 @@ class Servers:
     haproxy: str
 
 
-def _program(name: str, *candidates: str) -> str | None:
+def find_program(name: str, *candidates: str) -> str | None:
     found = shutil.which(name)
     if found:
         return found
@@ -45,14 +47,14 @@ def find_servers() -> tuple[Servers | None, list[str]]:
     """The programs the tier runs, or the names of those missing."""
     found = {
         # sshd re-executes itself, so it must be started by its absolute path
-        "sshd": _program("sshd", "/usr/sbin/sshd", "/usr/local/sbin/sshd"),
+        "sshd": find_program("sshd", "/usr/sbin/sshd", "/usr/local/sbin/sshd"),
         "sftp_server": _first(
             "/usr/lib/openssh/sftp-server",
             "/usr/libexec/openssh/sftp-server",
             "/usr/lib/ssh/sftp-server",
             "/usr/libexec/sftp-server",
         ),
-        "ssh_keygen": _program("ssh-keygen", "/usr/bin/ssh-keygen"),
+        "ssh_keygen": find_program("ssh-keygen", "/usr/bin/ssh-keygen"),
         # sshd reads each fixture host's own passwd entry (home = the host's
         # directory) through nss_wrapper: no system user is created
         "nss_wrapper": _first(
@@ -60,7 +62,7 @@ def find_servers() -> tuple[Servers | None, list[str]]:
             "/usr/lib64/libnss_wrapper.so",
             "/usr/lib/libnss_wrapper.so",
         ),
-        "haproxy": _program("haproxy", "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"),
+        "haproxy": find_program("haproxy", "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"),
     }
     missing = [name for name, path in found.items() if path is None]
     if missing:
@@ -68,12 +70,29 @@ def find_servers() -> tuple[Servers | None, list[str]]:
     return Servers(**{k: str(v) for k, v in found.items()}), []
 
 
+def missing_parts(message: str) -> NoReturn:
+    """Skip the test (a developer machine) or fail it (CI=true) with `message`."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+async def stop_process(process: asyncio.subprocess.Process | None, deadline: float) -> None:
+    """SIGTERM, and SIGKILL if it is still there after `deadline` seconds."""
+    if process is None or process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        async with asyncio.timeout(deadline):
+            await process.wait()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
 def require_servers() -> Servers:
     """The servers, or skip (developer machine) / fail (CI=true) naming what is missing."""
     servers, missing = find_servers()
     if servers is not None:
         return servers
-    message = f"integration tier needs {', '.join(missing)}; {INSTALL_HINT}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    missing_parts(f"integration tier needs {', '.join(missing)}; {INSTALL_HINT}")
