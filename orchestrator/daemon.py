@@ -1,7 +1,9 @@
 """`orchestrator serve`: the long-running daemon.
 
-Wiring: state directory -> lock, token file, journal -> manager -> HTTP app.
-Starting the app resumes every unfinished upgrade from the journal. SIGTERM
+Wiring, in this order: the listening socket is bound (a port that is taken
+starts nothing), then the state directory's lock is taken, then the token
+file, the journal, the manager and the HTTP app; starting the app resumes
+every unfinished upgrade from the journal. SIGTERM
 or SIGINT stop in two stages (uvicorn's `handle_exit`): the first lets the
 running steps finish and be journaled while nothing new starts; a second
 cancels them. Either way the journal lets the next daemon continue.
@@ -17,6 +19,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import ssl
 import stat
 from collections.abc import Iterator
@@ -39,6 +42,7 @@ log = structlog.get_logger("orchestrator.daemon")
 JOURNAL_FILE = "journal.sqlite3"
 LOCK_FILE = "daemon.lock"
 SHUTDOWN_GRACE = 5.0  # seconds open requests (event streams) get once the app stops
+BACKLOG = 128  # aiohttp's own default for the sockets it binds
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,18 +156,37 @@ async def serve(config: ServeConfig) -> int:
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise UsageError(f"cannot create the state directory {config.state_dir}: {exc}") from None
-    with state_lock(config.state_dir):
+    with bound_socket(config.listen) as sock, state_lock(config.state_dir):
         token = load_or_create_token(config.token_path)
         metrics = Metrics()
         journal = await Journal.open(config.state_dir / JOURNAL_FILE)
         try:
             manager = UpgradeManager(journal, on_event=metrics.observe)
             app = make_app(manager, token, metrics=metrics, max_body=config.max_body)
-            await _run(app, manager, config, context)
+            await _run(app, manager, config, context, sock)
         finally:
             await journal.close()
     log.info("stopped")
     return 0
+
+
+@contextlib.contextmanager
+def bound_socket(listen: str) -> Iterator[socket.socket]:
+    """The listening socket, bound before anything else happens: a daemon that
+    cannot serve its API must not resume an upgrade that nobody could stop."""
+    host, port = parse_listen(listen)
+    try:
+        sock = socket.create_server(
+            (host, port),
+            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+            backlog=BACKLOG,
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    try:
+        yield sock
+    finally:
+        sock.close()
 
 
 async def _run(
@@ -171,18 +194,16 @@ async def _run(
     manager: UpgradeManager,
     config: ServeConfig,
     context: ssl.SSLContext | None,
+    sock: socket.socket,
 ) -> None:
-    host, port = parse_listen(config.listen)
+    host, _ = parse_listen(config.listen)
     runner = web.AppRunner(
         app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
     )
     await runner.setup()  # starts the manager: unfinished upgrades resume here
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=context)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise UsageError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+        site = web.SockSite(runner, sock, ssl_context=context)
+        await site.start()
         url = _url(runner.addresses[0], context is not None)
         _write_address(config.state_dir, url)
         if not is_loopback(host) and context is None:

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import sqlite3
 import stat
 import sys
@@ -442,6 +443,32 @@ async def test_first_sigterm_lets_running_steps_finish_second_cancels(
     doc = await daemon.wait_state(upgrade_id, "succeeded", "failed")
     assert doc["state"] == "succeeded", doc["reason"]
     assert versions(hosts) == {"2.0"}
+
+
+async def test_a_daemon_that_cannot_listen_resumes_nothing(
+    daemon: Daemon, hosts: SSHHosts, files: list[str]
+) -> None:
+    """Fails on the code before it: the daemon resumed its upgrades (journaled,
+    re-checked the running step on its host) and only then found its port
+    taken and exited 2, and under systemd's Restart=on-failure again every 5 s."""
+    upgrade_id = await submit(daemon, files)
+    await daemon.wait_step(upgrade_id, "roll", "host-1", "running")
+    await daemon.signal(signal.SIGKILL)
+    assert await daemon.wait() == -signal.SIGKILL
+    before = journaled(daemon, upgrade_id)
+
+    with socket.create_server(("127.0.0.1", daemon.port)):  # someone else has the port
+        listen = f"127.0.0.1:{daemon.port}"
+        code, _, err = await daemon.cli("serve", "--listen", listen)
+    assert code == 2, err
+    assert f"cannot listen on {listen}" in err
+    assert journaled(daemon, upgrade_id) == before, "nothing resumed, nothing journaled"
+
+    # with the port free again the next daemon resumes the upgrade
+    release(hosts)
+    await daemon.start()
+    doc = await daemon.wait_state(upgrade_id, "waiting_approval")
+    assert all(step_state(doc, "roll", name) == "done" for name in hosts.names)
 
 
 def journaled(daemon: Daemon, upgrade_id: str) -> list[tuple[str, ...]]:
