@@ -373,3 +373,105 @@ async def test_preflight_bounds_the_handshakes_in_flight(
     finally:
         await manager.close()
         await journal.close()
+
+
+LAST_STEP_PLAYBOOK = """
+name: last-step
+on_failure: {on_failure}
+phases:
+  - name: upgrade
+    rolling: app
+    steps:
+      - run: "touch started; until [ -f go ]; do sleep .05; done; echo {{{{ to_version }}}}>version"
+        undo: "echo {{{{ from_version }}}} > version"
+        idempotent: true
+"""
+
+
+async def test_abort_during_the_last_step_of_the_last_batch_ends_in_a_true_state(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    """Fails on the code before it: with no checkpoint left after the abort, the
+    run tried ABORTING -> SUCCEEDED and ended 'failed: internal error:
+    InvalidTransition'. Every step had finished, so the upgrade did succeed."""
+    hosts = await make_ssh_hosts(2)
+    seed(hosts)
+    (hosts.host_dir("host-1") / "go").touch()
+    plan = make_plan(hosts, playbook=LAST_STEP_PLAYBOOK)
+    journal, manager = await open_manager(tmp_path / "j.db")
+    try:
+        up, _ = await manager.submit(plan)
+        await _until((hosts.host_dir("host-2") / "started").exists)
+        await manager.control(up.id, "abort")
+        assert up.view.state is UpgradeState.ABORTING
+        (hosts.host_dir("host-2") / "go").touch()
+        state = await manager.wait(up.id, timeout=20)
+        assert state is UpgradeState.SUCCEEDED, up.view.reason
+        assert "abort" in (up.view.reason or ""), up.view.reason
+        for name in hosts.names:
+            st = host_state(hosts, name)
+            assert (st["version"], st["drained"]) == ("2.0", False), name
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+UNCHECKED_PLAYBOOK = """
+name: unchecked
+on_failure: {on_failure}
+phases:
+  - name: upgrade
+    rolling: app
+    steps:
+      - run: "touch started; until [ -f go ]; do sleep .05; done; echo {{{{ to_version }}}}>version"
+        undo: "echo {{{{ from_version }}}} > version"
+"""
+
+
+async def test_one_resume_after_verifying_a_step_by_hand_even_across_a_restart(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    """Fails on the code before it: a daemon restarted while the upgrade waited
+    for a step to be verified by hand paused again after the operator's resume,
+    asking for the same verification twice."""
+    hosts = await make_ssh_hosts(1)
+    seed(hosts)
+    plan = make_plan(hosts, playbook=UNCHECKED_PLAYBOOK)
+    path = tmp_path / "j.db"
+    journal, manager = await open_manager(path)
+    up, _ = await manager.submit(plan)
+    await _until((hosts.host_dir("host-1") / "started").exists)
+    # the daemon is stopped with two signals: the step in flight is cancelled
+    graceful = asyncio.create_task(manager.stop())
+    await _until(lambda: up.engine is not None and up.engine._suspend)
+    await manager.stop(cancel=True)
+    await graceful
+    await manager.close()
+    await journal.close()
+
+    # the next daemon cannot tell whether the step ran: it asks the operator
+    journal, manager = await open_manager(path)
+    up = manager.get(up.id)
+    await _until(lambda: up.view.state is UpgradeState.PAUSED)
+    assert "verify it by hand" in (up.view.reason or "")
+    await manager.close()  # and is restarted before the operator answers
+    await journal.close()
+
+    journal, manager = await open_manager(path)
+    try:
+        up = manager.get(up.id)
+        assert up.view.state is UpgradeState.PAUSED
+        (hosts.host_dir("host-1") / "go").touch()
+        await manager.control(up.id, "resume")  # verified: once is enough
+        state = await manager.wait(up.id, timeout=20)
+        assert state is UpgradeState.SUCCEEDED, up.view.reason
+        assert host_state(hosts, "host-1")["version"] == "2.0"
+        resumes = [
+            e
+            for e in await journal.events(up.id)
+            if e.kind == "control" and e.data["action"] == "resume"
+        ]
+        assert len(resumes) == 1
+    finally:
+        await manager.close()
+        await journal.close()

@@ -175,11 +175,12 @@ class HostRunner:
                 )
                 return True
             return False
-        if step.idempotent:
-            return False
+        if step.idempotent or step.id in engine.view.verified:
+            return False  # safe to repeat, or the operator has verified it
         await engine.pause_for(
             f"step {step.id} was running on {self.name} when the daemon stopped; it has no "
-            "'check' and is not idempotent: verify it by hand, then resume to run it again"
+            "'check' and is not idempotent: verify it by hand, then resume to run it again",
+            verify_step=step.id,
         )
         await engine.checkpoint()
         return False

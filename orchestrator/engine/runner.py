@@ -94,11 +94,13 @@ class Engine:
             self.on_event(event)
         self._changed.set()
 
-    async def set_upgrade(self, state: UpgradeState, reason: str | None = None) -> None:
+    async def set_upgrade(
+        self, state: UpgradeState, reason: str | None = None, **extra: Any
+    ) -> None:
         if self.view.state is state:
             return
         check_transition(UPGRADE_TRANSITIONS, f"upgrade {self.id}", self.view.state, state)
-        data: dict[str, Any] = {"state": state.label}
+        data: dict[str, Any] = {"state": state.label, **extra}
         if reason:
             data["reason"] = reason
         await self.emit("upgrade.state", **data)
@@ -145,9 +147,12 @@ class Engine:
             self._changed.clear()
             await self._changed.wait()
 
-    async def pause_for(self, reason: str) -> None:
+    async def pause_for(self, reason: str, *, verify_step: str | None = None) -> None:
+        """Pause for the operator; with `verify_step`, the resume that follows
+        is journaled as that step's verification by hand."""
         if self.view.state in (U.RUNNING, U.PREFLIGHT):
-            await self.set_upgrade(U.PAUSED, reason)
+            extra = {"verify_step": verify_step} if verify_step else {}
+            await self.set_upgrade(U.PAUSED, reason, **extra)
 
     async def pause(self) -> None:
         if self.view.state is U.PAUSED:
@@ -264,7 +269,12 @@ class Engine:
                 raise Stop()
             for phase in self.plan.phases:
                 await self._phase(phase)
-            await self.set_upgrade(U.SUCCEEDED)
+            if self.view.state is U.ABORTING:  # (the abort may have come since)
+                # no checkpoint came after the abort: every step ran to its end
+                reason = "the abort came after the last steps had started; they all finished"
+                await self.set_upgrade(U.SUCCEEDED, reason)
+            else:
+                await self.set_upgrade(U.SUCCEEDED)
         except Stop:
             if self._rollback:
                 return await self._rollback_all()

@@ -50,7 +50,8 @@ UPGRADE_TRANSITIONS: dict[UpgradeState, frozenset[UpgradeState]] = {
     ),
     U.PAUSED: frozenset({U.RUNNING, U.ABORTING, U.ROLLING_BACK, U.FAILED}),
     U.WAITING_APPROVAL: frozenset({U.RUNNING, U.PAUSED, U.ABORTING, U.ROLLING_BACK}),
-    U.ABORTING: frozenset({U.ABORTED, U.ROLLING_BACK, U.FAILED}),
+    # SUCCEEDED: the abort came during the last steps, which finished; nothing was left to stop
+    U.ABORTING: frozenset({U.ABORTED, U.ROLLING_BACK, U.FAILED, U.SUCCEEDED}),
     U.ROLLING_BACK: frozenset({U.ROLLED_BACK, U.FAILED}),
     U.SUCCEEDED: frozenset(),
     # a failed or aborted upgrade can still be rolled back (before the point of no return)

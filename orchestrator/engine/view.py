@@ -3,7 +3,7 @@ resume) and the HTTP status (to show) use. Nothing here does I/O.
 
 Event kinds and their data:
 
-* ``upgrade.state``  {state, reason?}
+* ``upgrade.state``  {state, reason?, verify_step?}
 * ``preflight.host`` {host, status: ready|at_target|error, version?, error?}
 * ``phase.state``    {phase, state, reason?}
 * ``host.state``     {phase, host, state, error?}
@@ -101,6 +101,11 @@ class UpgradeView:
     irreversible_done: str | None = None
     approvals: set[str] = field(default_factory=set)
     rollback_requested: bool = False
+    # a step the upgrade is paused on until the operator has verified it by
+    # hand; the resume that follows counts as that verification (journaled,
+    # so a restart in between does not ask twice) until the step runs again
+    awaiting_verification: str | None = None
+    verified: set[str] = field(default_factory=set)
 
     def phase(self, name: str) -> PhaseView:
         view = self.phases.get(name)
@@ -124,6 +129,8 @@ class UpgradeView:
 def _upgrade_state(view: UpgradeView, data: dict[str, Any], at: float) -> None:
     view.state = UpgradeState.parse(data["state"])
     view.reason = data.get("reason")
+    if data.get("verify_step"):
+        view.awaiting_verification = data["verify_step"]
 
 
 def _preflight(view: UpgradeView, data: dict[str, Any], at: float) -> None:
@@ -171,6 +178,7 @@ def _step(view: UpgradeView, data: dict[str, Any], at: float) -> None:
     state = StepState(data["state"])
     step.state = state
     if state is StepState.RUNNING:
+        view.verified.discard(data["step"])  # a new run is a new uncertainty
         step.attempts += 1
         step.started_at = at
         step.finished_at = None
@@ -194,7 +202,10 @@ def _step(view: UpgradeView, data: dict[str, Any], at: float) -> None:
 
 
 def _control(view: UpgradeView, data: dict[str, Any], at: float) -> None:
-    if data.get("action") == "approve" and data.get("phase"):
+    if data.get("action") == "resume" and view.awaiting_verification is not None:
+        view.verified.add(view.awaiting_verification)
+        view.awaiting_verification = None
+    elif data.get("action") == "approve" and data.get("phase"):
         view.approvals.add(data["phase"])
     elif data.get("action") == "rollback":
         view.rollback_requested = True
