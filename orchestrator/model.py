@@ -301,6 +301,18 @@ class Plan:
     def irreversible_phase(self) -> Phase | None:
         return next((p for p in self.phases if p.irreversible), None)
 
+    def endpoints(self) -> dict[str, str]:
+        """SSH endpoint ("address:port") -> host name of every host a phase
+        works on: what an upgrade of this plan leases. Hosts the plan only
+        reaches through (a load balancer's) are shared, not leased."""
+        worked = {hp.host for phase in self.phases for b in phase.batches for hp in b.hosts}
+        found = {}
+        for host in self.hosts:
+            if host.name in worked:
+                address = f"[{host.address}]" if ":" in host.address else host.address
+                found[f"{address}:{host.port}"] = host.name
+        return found
+
 
 @lru_cache(maxsize=1)
 def _adapter() -> TypeAdapter[Plan]:

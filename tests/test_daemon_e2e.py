@@ -268,10 +268,10 @@ async def test_rollback_and_the_409s(daemon: Daemon, hosts: SSHHosts, files: lis
     upgrade_id = await submit(daemon, files)
     await daemon.wait_step(upgrade_id, "roll", "host-1", "running")
 
-    # a second active upgrade of the same inventory
+    # a second active upgrade of the same hosts
     code, _, err = await daemon.cli("submit", *files)
     assert code == 3
-    assert f"error: upgrade {upgrade_id} of inventory 'shell-cloud'" in err
+    assert f"is held by upgrade {upgrade_id}: one upgrade at a time per host" in err
     status, body = await daemon.http("POST", "/v1/upgrades/" + upgrade_id + "/approve")
     assert status == 409
     assert "nothing waits for approval" in body["error"]["message"]

@@ -7,14 +7,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
+from orchestrator import model
 from orchestrator.engine.manager import UpgradeManager
 from orchestrator.engine.states import HostState, PhaseState, UpgradeState
 from orchestrator.errors import ConflictError, RollbackRefused
+from orchestrator.inventory import parse_inventory_text
+from orchestrator.plan import Options, compile_plan
+from orchestrator.playbook import parse_playbook_text
 from orchestrator.store.journal import Journal
 from orchestrator.transport.ssh import SSHPool
-from tests.enginekit import host_state, make_plan, open_manager, run_to_end, seed
-from tests.sshhosts import MakeSSHHosts
+from tests.enginekit import (
+    PLAYBOOK,
+    host_state,
+    inventory_text,
+    make_plan,
+    open_manager,
+    run_to_end,
+    seed,
+)
+from tests.sshhosts import MakeSSHHosts, SSHHosts
 
 PIN = "[upgrade_levels]\napp = 1.0\n"
 
@@ -472,6 +485,56 @@ async def test_one_resume_after_verifying_a_step_by_hand_even_across_a_restart(
             if e.kind == "control" and e.data["action"] == "resume"
         ]
         assert len(resumes) == 1
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+def _renamed_plan(hosts: SSHHosts) -> model.Plan:
+    """The same machines under another inventory name and other host names."""
+    data = yaml.safe_load(inventory_text(hosts))
+    data["name"] = "the-same-cloud-renamed"
+    data["hosts"] = {f"node-{n}": spec for n, spec in enumerate(data["hosts"].values())}
+    inv, inv_doc = parse_inventory_text(yaml.safe_dump(data), "renamed.yaml")
+    text = PLAYBOOK.format(
+        on_failure="rollback", batch="1", max_failures=0, fail_cmd="", approve="true"
+    )
+    pb, pb_doc = parse_playbook_text(text, "playbook.yaml")
+    return compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"))
+
+
+async def test_a_second_upgrade_of_the_same_hosts_is_refused_whatever_their_names(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    """Fails on the code before it: "one active upgrade per inventory" was keyed
+    on the inventory's name, so the same hosts renamed were upgraded twice at once."""
+    hosts = await make_ssh_hosts(2)
+    seed(hosts)
+    path = tmp_path / "j.db"
+    journal, manager = await open_manager(path)
+    try:
+        first, _ = await manager.submit(make_plan(hosts, approve=True))
+        await _until(lambda: first.view.state is UpgradeState.WAITING_APPROVAL)
+        held = rf"host node-\d \(127\.0\.0\.1:\d+\) is held by upgrade {first.id}"
+        with pytest.raises(ConflictError, match=held):
+            await manager.submit(_renamed_plan(hosts))
+    finally:
+        await manager.close()
+        await journal.close()
+
+    # the leases are in the journal: a restarted daemon still refuses
+    journal, manager = await open_manager(path)
+    try:
+        with pytest.raises(ConflictError, match=f"held by upgrade {first.id}"):
+            await manager.submit(_renamed_plan(hosts))
+        await manager.control(first.id, "rollback")
+        assert await manager.wait(first.id, timeout=20) is UpgradeState.ROLLED_BACK
+        assert await journal.leases() == {}, "an end state releases every host"
+        second, _ = await manager.submit(_renamed_plan(hosts))
+        await _until(lambda: second.view.state is UpgradeState.WAITING_APPROVAL)
+        assert {holder for holder, _ in (await journal.leases()).values()} == {second.id}
+        await manager.control(second.id, "rollback")
+        assert await manager.wait(second.id, timeout=20) is UpgradeState.ROLLED_BACK
     finally:
         await manager.close()
         await journal.close()

@@ -16,6 +16,7 @@ import pytest
 
 from orchestrator.errors import ConflictError, NotFoundError, StoreError
 from orchestrator.store.journal import Event, Journal
+from orchestrator.store.sqlite import MIGRATIONS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -322,3 +323,60 @@ async def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:
         assert json.loads(raw.execute("SELECT meta FROM upgrades").fetchone()[0]) == {}
     finally:
         raw.close()
+
+
+# --- host leases ---------------------------------------------------------------------
+
+
+async def test_leases_are_taken_with_the_upgrade_and_refused_to_a_second(
+    journal: Journal,
+) -> None:
+    a = {"10.0.0.1:22": "cmp-1", "10.0.0.2:22": "cmp-2"}
+    await journal.create("u1", "{}", inventory="lab", digest="d", meta={}, endpoints=a)
+    assert await journal.leases() == {
+        "10.0.0.1:22": ("u1", "cmp-1"),
+        "10.0.0.2:22": ("u1", "cmp-2"),
+    }
+    # the same machine under another name, in another inventory
+    renamed = {"10.0.0.2:22": "compute-b", "10.0.0.3:22": "compute-c"}
+    with pytest.raises(ConflictError) as info:
+        await journal.create("u2", "{}", inventory="other", digest="d", meta={}, endpoints=renamed)
+    assert str(info.value) == (
+        "host compute-b (10.0.0.2:22) is held by upgrade u1 (as cmp-2): "
+        "one upgrade at a time per host"
+    )
+    assert [r.id for r in await journal.upgrades()] == ["u1"], "nothing of u2 was created"
+    assert "10.0.0.3:22" not in await journal.leases()
+
+    # an end state releases them in its own commit
+    await journal.append("u1", "upgrade.state", {"state": "running"})
+    assert len(await journal.leases()) == 2
+    await journal.append("u1", "upgrade.state", {"state": "failed"}, release=True)
+    assert await journal.leases() == {}
+    await journal.create("u2", "{}", inventory="other", digest="d", meta={}, endpoints=renamed)
+    # and a rollback of u1 now needs its hosts again
+    with pytest.raises(ConflictError, match="held by upgrade u2"):
+        await journal.lease("u1", a)
+    await journal.lease("u2", renamed)  # taking what one holds is a no-op
+    assert set(await journal.leases()) == set(renamed)
+
+
+async def test_a_journal_from_before_leases_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+        conn.execute(
+            "INSERT INTO upgrades (id, created_at, inventory, digest, meta, plan)"
+            " VALUES ('old', 1.0, 'lab', 'd', '{}', '{}')"
+        )
+    j = await Journal.open(path)
+    try:
+        assert [r.id for r in await j.upgrades()] == ["old"]
+        assert await j.leases() == {}
+        await j.lease("old", {"10.0.0.1:22": "cmp-1"})
+        assert await j.leases() == {"10.0.0.1:22": ("old", "cmp-1")}
+    finally:
+        await j.close()

@@ -135,8 +135,8 @@ async def submit(request: web.Request) -> web.Response:
             }
         )
     manager = app[keys.MANAGER]
-    # one submit at a time: the manager checks "one active upgrade per inventory"
-    # and idempotency keys before it awaits the journal
+    # one submit at a time: the idempotency key is checked before the journal
+    # creates the upgrade, which leases its hosts in the same commit (409 when held)
     async with app[keys.SUBMIT_LOCK]:
         if app[keys.STOPPING].is_set():
             raise web.HTTPServiceUnavailable(reason="the daemon is shutting down")

@@ -319,7 +319,7 @@ PATHS: dict[str, Any] = {
                 "201": _json("the upgrade was created and started", "SubmitResult"),
                 "400": _error("the body is not JSON, or a header is malformed"),
                 "401": UNAUTHORIZED,
-                "409": _error("an upgrade of this inventory is still active"),
+                "409": _error("another upgrade holds one of its hosts (by SSH endpoint)"),
                 "413": _error("the body is too large"),
                 "415": _error("the body is not application/json"),
                 "422": _error("invalid input: every problem with file, line and field"),

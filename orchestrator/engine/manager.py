@@ -75,6 +75,12 @@ class UpgradeManager:
             self.upgrades[record.id] = up
             if not view.state.terminal:
                 log.info("resuming upgrade", upgrade=record.id, state=view.state.label)
+                try:  # a journal from before leases has none: take them now
+                    await self.journal.lease(record.id, plan.endpoints())
+                except ConflictError as exc:
+                    log.warning(
+                        "resuming without its host leases", upgrade=record.id, error=str(exc)
+                    )
                 self._engine(up).start()
 
     def _engine(self, up: Upgrade) -> Engine:
@@ -107,12 +113,6 @@ class UpgradeManager:
         )
         return up.engine
 
-    def active_for(self, inventory: str) -> Upgrade | None:
-        for up in self.upgrades.values():
-            if up.inventory == inventory and not up.view.state.terminal:
-                return up
-        return None
-
     async def submit(
         self,
         plan: model.Plan,
@@ -127,12 +127,6 @@ class UpgradeManager:
                 existing = await self.journal.lookup_key(idempotency_key)
                 if existing is not None and existing in self.upgrades:
                     return self.upgrades[existing], False
-            busy = self.active_for(plan.inventory)
-            if busy is not None:
-                raise ConflictError(
-                    f"upgrade {busy.id} of inventory '{plan.inventory}' is still "
-                    f"{busy.view.state.label}; one active upgrade per inventory"
-                )
             upgrade_id = new_id()
             digest = plan.digest
             if idempotency_key is not None:
@@ -147,6 +141,9 @@ class UpgradeManager:
                 inventory=plan.inventory,
                 digest=digest,
                 meta=meta or {},
+                # every host it works on, by SSH endpoint: a second upgrade of
+                # any of them is refused here (409), whatever the names
+                endpoints=plan.endpoints(),
             )
             up = Upgrade(
                 upgrade_id, plan, digest, plan.inventory, time.time(), UpgradeView(upgrade_id)
@@ -177,6 +174,10 @@ class UpgradeManager:
         }
         if action not in handlers:
             raise NotFoundError(f"no action {action!r}")
+        if action == "rollback" and up.view.state.terminal:
+            # its end released its hosts: rolling it back needs them again
+            engine.check_rollback()
+            await self.journal.lease(up.id, up.plan.endpoints())
         await handlers[action]()
         return up
 

@@ -43,7 +43,9 @@ PREFLIGHT_CONCURRENCY = 64
 class EventSink(Protocol):
     """The journal, as the engine sees it."""
 
-    async def append(self, upgrade_id: str, kind: str, data: dict[str, Any]) -> Any: ...
+    async def append(
+        self, upgrade_id: str, kind: str, data: dict[str, Any], *, release: bool = False
+    ) -> Any: ...
 
 
 class Engine:
@@ -88,7 +90,11 @@ class Engine:
     # --- journal and state ---------------------------------------------------
 
     async def emit(self, kind: str, **data: Any) -> None:
-        event = await self.journal.append(self.id, kind, data)
+        await self.record(kind, data)
+
+    async def record(self, kind: str, data: dict[str, Any], *, release: bool = False) -> None:
+        """Journal an event and fold it in; `release` ends the host leases with it."""
+        event = await self.journal.append(self.id, kind, data, release=release)
         self.view.apply(event)
         if self.on_event is not None:
             self.on_event(event)
@@ -103,7 +109,8 @@ class Engine:
         data: dict[str, Any] = {"state": state.label, **extra}
         if reason:
             data["reason"] = reason
-        await self.emit("upgrade.state", **data)
+        # an end state releases the hosts in the same commit
+        await self.record("upgrade.state", data, release=state.terminal)
         log.info("upgrade state", state=state.label, reason=reason)
 
     async def set_phase(self, name: str, state: PhaseState, **extra: Any) -> None:
@@ -201,12 +208,16 @@ class Engine:
             self._task.cancel()
         self._changed.set()
 
-    async def rollback(self) -> None:
+    def check_rollback(self) -> None:
+        """Raise what `rollback` would refuse with; change nothing."""
         point = self.view.irreversible_done
         if point is not None:
             raise RollbackRefused(point)
         if not self.view.state.rollbackable:
             raise ConflictError(f"cannot roll back an upgrade that is {self.view.state.label}")
+
+    async def rollback(self) -> None:
+        self.check_rollback()
         await self.emit("control", action="rollback")
         self._rollback = True
         await self.set_upgrade(U.ROLLING_BACK, "rollback ordered by the operator")

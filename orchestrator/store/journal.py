@@ -83,6 +83,7 @@ class _Append:
     data: dict[str, Any]
     text: str
     future: asyncio.Future[Event]
+    release: bool = False  # the upgrade's end: its host leases go in the same commit
 
 
 @dataclass(slots=True)
@@ -93,6 +94,7 @@ class _Create:
     digest: str
     meta: str
     future: asyncio.Future[None]
+    endpoints: dict[str, str]  # leased in the same commit, or nothing is created
 
 
 @dataclass(slots=True)
@@ -103,11 +105,18 @@ class _Remember:
 
 
 @dataclass(slots=True)
+class _Lease:
+    upgrade_id: str
+    endpoints: dict[str, str]
+    future: asyncio.Future[None]
+
+
+@dataclass(slots=True)
 class _Stop:
     future: asyncio.Future[None] | None
 
 
-_Request = _Append | _Create | _Remember
+_Request = _Append | _Create | _Remember | _Lease
 # (future, result, error) handed back to the loop after a commit
 _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 
@@ -219,19 +228,51 @@ class Journal:
         inventory: str,
         digest: str,
         meta: Mapping[str, Any],
+        endpoints: Mapping[str, str] | None = None,
     ) -> None:
-        """Record a new upgrade and its plan; a duplicate id is a ConflictError."""
+        """Record a new upgrade and its plan, leasing `endpoints` (SSH endpoint
+        -> host name) to it in the same commit. A duplicate id, or an endpoint
+        another upgrade holds, is a ConflictError and creates nothing."""
         future: asyncio.Future[None] = self._loop.create_future()
-        self._submit(_Create(upgrade_id, plan_json, inventory, digest, _to_json(meta), future))
+        self._submit(
+            _Create(
+                upgrade_id,
+                plan_json,
+                inventory,
+                digest,
+                _to_json(meta),
+                future,
+                dict(endpoints or {}),
+            )
+        )
         await future
 
-    async def append(self, upgrade_id: str, kind: str, data: Mapping[str, Any]) -> Event:
-        """Journal one event; returns it (with its seq) once it is on disk."""
+    async def append(
+        self, upgrade_id: str, kind: str, data: Mapping[str, Any], *, release: bool = False
+    ) -> Event:
+        """Journal one event; returns it (with its seq) once it is on disk.
+        `release`: the event ends the upgrade, and its host leases end with it."""
         text = _to_json(data)
         future: asyncio.Future[Event] = self._loop.create_future()
         # the returned data is the JSON round trip, exactly what a re-read yields
-        self._submit(_Append(upgrade_id, kind, json.loads(text), text, future))
+        self._submit(_Append(upgrade_id, kind, json.loads(text), text, future, release))
         return await future
+
+    async def lease(self, upgrade_id: str, endpoints: Mapping[str, str]) -> None:
+        """Lease `endpoints` to an existing upgrade (again: a rollback after its
+        end, a journal from before leases); ConflictError if another holds one."""
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._submit(_Lease(upgrade_id, dict(endpoints), future))
+        await future
+
+    async def leases(self) -> dict[str, tuple[str, str]]:
+        """Every lease: endpoint -> (upgrade id, host name)."""
+
+        def query(conn: sqlite3.Connection) -> dict[str, tuple[str, str]]:
+            rows = conn.execute("SELECT endpoint, upgrade_id, host FROM leases ORDER BY endpoint")
+            return {str(e): (str(u), str(h)) for e, u, h in rows}
+
+        return await self._read(query)
 
     async def remember_key(self, key: str, upgrade_id: str) -> str:
         """Bind an idempotency key to `upgrade_id`; returns the id it was first bound to."""
@@ -419,33 +460,17 @@ class Journal:
                         outcomes.append((req.future, None, missing))
                         continue
                     event = Event(req.upgrade_id, last + 1, time.time(), req.kind, req.data)
+                    if req.release:
+                        conn.execute("DELETE FROM leases WHERE upgrade_id = ?", (req.upgrade_id,))
                     seqs[req.upgrade_id] = event.seq
                     rows.append((event.upgrade_id, event.seq, event.at, event.kind, req.text))
                     events.append(event)
                     outcomes.append((req.future, event, None))
-                elif isinstance(req, _Create):
-                    if last is not None:
-                        taken = ConflictError(f"upgrade {req.upgrade_id!r} already exists")
-                        outcomes.append((req.future, None, taken))
-                        continue
-                    row = (req.upgrade_id, time.time(), req.inventory, req.digest, req.meta)
-                    conn.execute(
-                        "INSERT INTO upgrades (id, created_at, inventory, digest, meta, plan)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        (*row, req.plan),
-                    )
-                    seqs[req.upgrade_id] = 0
-                    outcomes.append((req.future, None, None))
                 else:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO idempotency (key, upgrade_id, created_at)"
-                        " VALUES (?, ?, ?)",
-                        (req.key, req.upgrade_id, time.time()),
-                    )
-                    row = conn.execute(
-                        "SELECT upgrade_id FROM idempotency WHERE key = ?", (req.key,)
-                    ).fetchone()
-                    outcomes.append((req.future, str(row[0]), None))
+                    result, error = _apply(conn, req, last)
+                    if isinstance(req, _Create) and error is None:
+                        seqs[req.upgrade_id] = 0
+                    outcomes.append((req.future, result, error))
             conn.executemany(
                 "INSERT INTO events (upgrade_id, seq, at, kind, data) VALUES (?, ?, ?, ?, ?)", rows
             )
@@ -485,6 +510,68 @@ _RECORDS = """SELECT u.id, u.created_at, u.inventory, u.digest, u.meta,
     COALESCE(e.seq, 0), e.kind
 FROM upgrades u LEFT JOIN events e ON e.upgrade_id = u.id
     AND e.seq = (SELECT MAX(seq) FROM events WHERE upgrade_id = u.id)"""
+
+
+def _apply(
+    conn: sqlite3.Connection, req: _Create | _Lease | _Remember, last: int | None
+) -> tuple[Any, BaseException | None]:
+    """Write a request that is not an event: (result, error) for its future."""
+    if isinstance(req, _Create):
+        if last is not None:
+            return None, ConflictError(f"upgrade {req.upgrade_id!r} already exists")
+        held = _held(conn, req.upgrade_id, req.endpoints)
+        if held is not None:
+            return None, held
+        row = (req.upgrade_id, time.time(), req.inventory, req.digest, req.meta)
+        conn.execute(
+            "INSERT INTO upgrades (id, created_at, inventory, digest, meta, plan)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (*row, req.plan),
+        )
+        _take(conn, req.upgrade_id, req.endpoints)
+        return None, None
+    if isinstance(req, _Lease):
+        if last is None:
+            return None, NotFoundError(f"no upgrade {req.upgrade_id!r}")
+        held = _held(conn, req.upgrade_id, req.endpoints)
+        if held is None:
+            _take(conn, req.upgrade_id, req.endpoints)
+        return None, held
+    conn.execute(
+        "INSERT OR IGNORE INTO idempotency (key, upgrade_id, created_at) VALUES (?, ?, ?)",
+        (req.key, req.upgrade_id, time.time()),
+    )
+    (first,) = conn.execute(
+        "SELECT upgrade_id FROM idempotency WHERE key = ?", (req.key,)
+    ).fetchone()
+    return str(first), None
+
+
+def _held(
+    conn: sqlite3.Connection, upgrade_id: str, endpoints: Mapping[str, str]
+) -> ConflictError | None:
+    """The conflict if another upgrade holds one of `endpoints`, else None."""
+    for endpoint in sorted(endpoints):
+        row = conn.execute(
+            "SELECT upgrade_id, host FROM leases WHERE endpoint = ? AND upgrade_id <> ?",
+            (endpoint, upgrade_id),
+        ).fetchone()
+        if row is not None:
+            holder, named = row
+            return ConflictError(
+                f"host {endpoints[endpoint]} ({endpoint}) is held by upgrade {holder}"
+                + (f" (as {named})" if named != endpoints[endpoint] else "")
+                + ": one upgrade at a time per host"
+            )
+    return None
+
+
+def _take(conn: sqlite3.Connection, upgrade_id: str, endpoints: Mapping[str, str]) -> None:
+    now = time.time()
+    conn.executemany(
+        "INSERT OR IGNORE INTO leases (endpoint, host, upgrade_id, taken_at) VALUES (?, ?, ?, ?)",
+        [(endpoint, host, upgrade_id, now) for endpoint, host in endpoints.items()],
+    )
 
 
 def _record(row: tuple[Any, ...]) -> UpgradeRecord:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from orchestrator.errors import NotFoundError, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 
 # One tuple of statements per schema version; version N runs MIGRATIONS[N-1].
@@ -47,6 +47,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             upgrade_id TEXT NOT NULL,
             created_at REAL NOT NULL
         )""",
+    ),
+    (
+        # host leases: an upgrade holds the SSH endpoint of every host it
+        # works on until its end state; the primary key makes a second holder
+        # impossible, whatever the submitter named the hosts or the inventory
+        """CREATE TABLE leases (
+            endpoint TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            upgrade_id TEXT NOT NULL REFERENCES upgrades(id),
+            taken_at REAL NOT NULL
+        )""",
+        "CREATE INDEX leases_by_upgrade ON leases (upgrade_id)",
     ),
 )
 
