@@ -27,7 +27,7 @@ from orchestrator.api.endpoint import ADDRESS_FILE, TOKEN_FILE
 from orchestrator.client import Client, Endpoint, watch
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.minicloud import db
-from orchestrator.minicloud.control import versions
+from orchestrator.minicloud.control import pin_drift, versions
 from orchestrator.minicloud.embedded import embedded_cloud
 from orchestrator.minicloud.layout import PREFIX, read_host_config
 from orchestrator.minicloud.loadgen import LoadGenerator
@@ -108,7 +108,14 @@ def _cloud_facts(cloud_db: Path, cloud: Any) -> dict[str, Any]:
         pins[host.name] = read_host_config(host.directory).pin
     with db.connection(cloud_db) as conn:
         old_column = db.has_column(conn, "instances", "host")
-    return {"versions": by_host, "pins": pins, "old_column_present": old_column}
+    # services whose running pin is not their config's: a change no restart made real
+    drift = {f"{binary}@{host}": list(pair) for (binary, host), pair in pin_drift(cloud).items()}
+    return {
+        "versions": by_host,
+        "pins": pins,
+        "pin_drift": drift,
+        "old_column_present": old_column,
+    }
 
 
 async def run_demo(
@@ -191,6 +198,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         + f"; latency p50 {summary['latency_p50_ms']} ms, p99 {summary['latency_p99_ms']} ms",
         f"  versions: {', '.join(versions_seen)} on {len(summary['versions'])} services"
         + (f"; pinned: {', '.join(pinned)}" if pinned else "; no pins left"),
+        "  running pins: "
+        + (
+            "as configured on every service"
+            if not summary["pin_drift"]
+            else "differ from their config on " + ", ".join(sorted(summary["pin_drift"]))
+        ),
         "  instances.host column: "
         + ("still there (not contracted)" if summary["old_column_present"] else "dropped"),
     ]

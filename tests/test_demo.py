@@ -36,6 +36,7 @@ async def test_demo_json_summary_says_n_requests_0_failed() -> None:
     assert set(summary["versions"].values()) == {"2.0"}
     assert len(summary["versions"]) == 7  # 2 conductors, 2 APIs, 3 computes
     assert not summary["old_column_present"]
+    assert summary["pin_drift"] == {}  # every service runs the pin its config has
     assert "demo: approving" in err.decode()  # the point of no return was approved over HTTP
 
 

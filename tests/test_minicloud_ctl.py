@@ -4,6 +4,7 @@ real commands in the host's directory."""
 
 from __future__ import annotations
 
+import configparser
 import io
 import json
 import os
@@ -126,6 +127,22 @@ async def test_staging_puts_2_0_beside_1_0_and_restarts_nothing(cloud: Cloud) ->
     out_text = io.StringIO()
     assert await commands.status(cloud.directory, as_json=False, out=out_text) == 0
     assert "  cmp-1    compute    installed 1.0 (staged 1.0,2.0)  pin -\n" in out_text.getvalue()
+    assert (
+        "  service compute   on cmp-1    running release 1.0 (installed 1.0) "
+        "pin running - configured -\n"
+    ) in out_text.getvalue()
+    # a pin written and not restarted: the status says so
+    config = directory / "etc" / "minicloud.conf"
+    original = config.read_text()
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(original)
+    parser.set("upgrade_levels", "compute", "1.0")
+    with config.open("w") as file:
+        parser.write(file)
+    out_text = io.StringIO()
+    assert await commands.status(cloud.directory, as_json=False, out=out_text) == 0
+    assert "pin running - configured 1.0  (restart to apply)\n" in out_text.getvalue()
+    config.write_text(original)
 
     # install points the services at it (staging it if need be); both stay on disk
     assert (await ctl(cloud, "install 2.0"))[0] == 0

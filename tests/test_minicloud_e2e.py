@@ -18,7 +18,7 @@ import yaml
 from orchestrator.engine.manager import Upgrade
 from orchestrator.engine.states import UpgradeState
 from orchestrator.minicloud import ctl
-from orchestrator.minicloud.control import versions
+from orchestrator.minicloud.control import pin_drift, versions
 from orchestrator.minicloud.embedded import EmbeddedCloud, embedded_cloud
 from orchestrator.minicloud.layout import read_host_config, staged_releases
 from orchestrator.minicloud.loadgen import LoadReport
@@ -98,6 +98,7 @@ async def test_correct_playbook_under_load_loses_nothing(tmp_path: Path) -> None
         assert report.failed == 0, report.summary()
         assert _running_versions(ec) == {"2.0"}
         assert _pins(ec) == {None}
+        assert pin_drift(ec.cloud) == {}  # every service runs the pin its config has
         assert not _has_old_column(ec)
 
 
@@ -115,6 +116,7 @@ async def test_failing_compute_rolls_everything_back_without_losing_requests(
         assert report.failed == 0, report.summary()
         assert _running_versions(ec) == {"1.0"}
         assert _pins(ec) == {None}
+        assert pin_drift(ec.cloud) == {}  # every service runs the pin its config has
         assert _has_old_column(ec)  # the database is still usable by 1.0
 
 
@@ -141,6 +143,7 @@ async def test_wrong_order_fails_real_requests(tmp_path: Path, name: str) -> Non
         up, report = await _upgrade(ec, tmp_path, NEGATIVE[name](), rate=30)
         assert up.view.state.terminal
         assert report.failed > 0, f"{name}: {report.summary()}"
+        assert pin_drift(ec.cloud) == {}
         print(f"negative control '{name}': {report.summary()}")
 
 
@@ -176,6 +179,7 @@ async def test_expanding_with_the_old_code_fails_touching_no_service(tmp_path: P
         assert _service_pids(ec) == pids  # not one service stopped or restarted
         assert _running_versions(ec) == {"1.0"}
         assert _pins(ec) == {None}
+        assert pin_drift(ec.cloud) == {}  # every service runs the pin its config has
         assert _tables(ec) == schema  # nothing expanded
         assert {staged_releases(h.directory) for h in ec.cloud.hosts} == {("1.0",)}
         assert report.failed == 0, report.summary()
@@ -193,4 +197,5 @@ async def test_contract_before_migrate_data_is_refused(tmp_path: Path) -> None:
         assert "gate failed" in (gate.reason or "")
         assert "not migrated" in (gate.reason or ""), gate.reason
         assert _has_old_column(ec)
+        assert pin_drift(ec.cloud) == {}
         assert report.failed == 0, report.summary()

@@ -91,11 +91,21 @@ async def status(directory: Path, *, as_json: bool, out: TextIO) -> int:
             f"  {name:8} {','.join(host['roles']):10} installed {host['installed']} "
             f"(staged {staged})  pin {pin}\n"
         )
-    for row in data["services"]:
-        out.write(
-            f"  service {row['binary']:9} on {row['host']:8} version {row['version']} "
-            f"pin {row['pin'] or '-'}\n"
-        )
+    for name, host in data["hosts"].items():
+        for row in host.get("services") or []:
+            # what runs against what the host's files say: a difference is a
+            # change (or an undo) that no restart has made real yet
+            stale = row["running"] and (
+                row["pin_running"] != row["pin_configured"]
+                or row["release_running"] != row["release_installed"]
+            )
+            out.write(
+                f"  service {row['service']:9} on {name:8} "
+                f"{'running' if row['running'] else 'stopped':7} "
+                f"release {row['release_running'] or '-'} (installed {row['release_installed']}) "
+                f"pin running {row['pin_running'] or '-'} configured "
+                f"{row['pin_configured'] or '-'}{'  (restart to apply)' if stale else ''}\n"
+            )
     schema = data["schema"]
     out.write(f"  schema: {'contracted' if schema['contracted'] else 'not contracted'}; ")
     out.write(", ".join(f"{k} {v}" for k, v in schema.items() if k != "contracted") + "\n")

@@ -131,6 +131,19 @@ async def running_cloud(
         await stop_cloud(cloud)
 
 
+def pin_drift(cloud: Cloud) -> dict[tuple[str, str], tuple[str | None, str | None]]:
+    """(binary, host) -> (running pin, configured pin) of every live service
+    whose running pin is not what its host's config says: a config change
+    (or its undo) that no restart made real. Empty at every true end state."""
+    now = time.time()
+    configured = {h.name: read_host_config(h.directory).pin for h in cloud.hosts}
+    return {
+        (r.binary, r.host): (r.pin, configured.get(r.host))
+        for r in db.services(cloud.db)
+        if r.alive(now) and r.pin != configured.get(r.host)
+    }
+
+
 def versions(cloud: Cloud) -> dict[tuple[str, str], str]:
     """(binary, host) -> version, for every service alive in the services table."""
     now = time.time()

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from orchestrator.engine.states import UpgradeState
-from orchestrator.minicloud.control import versions
+from orchestrator.minicloud.control import pin_drift, versions
 from orchestrator.minicloud.layout import read_host_config, read_release
 from orchestrator.minicloud.loadgen import LoadGenerator
 from orchestrator.playbook import resolve_playbook
@@ -64,6 +64,7 @@ async def test_full_upgrade_through_real_servers_loses_no_request(
     assert running_versions(rc) == {"2.0"}
     assert {read_release(h.directory) for h in rc.cloud.hosts} == {"2.0"}
     assert pins(rc) == {None}
+    assert pin_drift(rc.cloud) == {}  # every service runs the pin its config has
     assert "host" not in tables(rc)["instances"]  # contracted
     for api in rc.cloud.by_role("api"):
         assert await rc.haproxy.admin_state(api.name) == "ready"
@@ -90,6 +91,7 @@ async def test_api_fault_through_real_haproxy_rolls_back_and_returns_to_ready(
     assert run.report.failed == 0, run.report.summary()
     assert running_versions(rc) == {"1.0"}
     assert pins(rc) == {None}
+    assert pin_drift(rc.cloud) == {}  # every service runs the pin its config has
     assert "host" in tables(rc)["instances"]  # 1.0 can still use the database
     for api in rc.cloud.by_role("api"):
         assert await rc.haproxy.admin_state(api.name) == "ready", api.name
@@ -122,6 +124,7 @@ async def test_changed_host_key_stops_the_upgrade_in_preflight_touching_nothing(
     assert host_files(rc) == files
     assert tables(rc) == schema
     assert running_versions(rc) == {"1.0"}
+    assert pin_drift(rc.cloud) == {}
     for api in rc.cloud.by_role("api"):
         assert await rc.haproxy.admin_state(api.name) == "ready"
     assert run.report.failed == 0, run.report.summary()
@@ -143,3 +146,4 @@ async def test_negative_control_apis_without_drain_fail_requests_through_real_ha
     print(f"\nnegative control, APIs without drain: {run.report.summary()}")
     assert run.upgrade.view.state.terminal
     assert run.report.failed > 0, run.report.summary()
+    assert pin_drift(rc.cloud) == {}
