@@ -21,7 +21,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from orchestrator.errors import HostKeyError, TransportError
+from orchestrator.errors import HostKeyError, StoreError, TransportError
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -65,4 +65,34 @@ def connect_policy(sleep: Sleep | None = None) -> AsyncRetrying:
         sleep=sleep if sleep is not None else asyncio.sleep,
         before_sleep=_log_retry,
         reraise=False,
+    )
+
+
+JOURNAL_ATTEMPTS = 5
+JOURNAL_DEADLINE = 30.0
+
+
+def _log_journal_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    _log.warning(
+        "journal write failed, retrying",
+        attempt=state.attempt_number,
+        delay=round(delay, 3),
+        error=str(exc),
+    )
+
+
+def journal_policy(sleep: Sleep | None = None) -> AsyncRetrying:
+    """A journal write that failed (disk full, I/O error): 5 attempts within
+    30 s, then the last StoreError is raised and the upgrade stalls until the
+    operator resumes it. A failed commit wrote nothing, so a retry cannot
+    duplicate an event."""
+    return AsyncRetrying(
+        retry=retry_if_exception(lambda exc: isinstance(exc, StoreError)),
+        stop=stop_after_attempt(JOURNAL_ATTEMPTS) | stop_after_delay(JOURNAL_DEADLINE),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
+        sleep=sleep if sleep is not None else asyncio.sleep,
+        before_sleep=_log_journal_retry,
+        reraise=True,
     )

@@ -152,7 +152,7 @@ async def test_conflicts_and_refusals_exit_3(api: Api, files: tuple[str, str]) -
 
     code, _, err = await cli(api, "submit", "-i", inventory, "-p", playbook, "--to", "2.0")
     assert code == 3
-    assert f"upgrade {upgrade_id} of inventory 'shell-cloud'" in err
+    assert f"is held by upgrade {upgrade_id}: one upgrade at a time per host" in err
     code, _, err = await cli(api, "resume", upgrade_id)
     assert code == 3
     assert "cannot resume" in err

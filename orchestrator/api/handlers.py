@@ -92,6 +92,9 @@ def _summary(up: Upgrade) -> dict[str, Any]:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    stalled = request.app[keys.MANAGER].stalled()
+    if stalled:  # a daemon that cannot journal is not healthy, whatever else it does
+        return json_response({"status": "stalled", "stalled": stalled}, status=503)
     stopping = request.app[keys.STOPPING].is_set()
     return json_response({"status": "stopping" if stopping else "ok"})
 
@@ -166,10 +169,13 @@ async def submit(request: web.Request) -> web.Response:
 async def get_upgrade(request: web.Request) -> web.Response:
     up = request.app[keys.MANAGER].get(request.match_info["id"])
     cache = request.app[keys.STATUS_CACHE]
+    stalled = up.engine.stalled if up.engine is not None else None
     cached = cache.get(up.id)
-    if cached is None or cached[0] != up.view.last_seq:
+    if cached is None or cached[0] != (up.view.last_seq, stalled):
         doc = status_document(up.id, up.plan, up.view, up.digest)
-        cached = (up.view.last_seq, json.dumps(doc, separators=(",", ":")).encode())
+        doc["stalled"] = stalled  # not journaled: the journal is what fails
+        key = (up.view.last_seq, stalled)
+        cached = (key, json.dumps(doc, separators=(",", ":")).encode())
         cache[up.id] = cached
     return web.Response(body=cached[1], content_type="application/json")
 

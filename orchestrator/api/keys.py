@@ -15,5 +15,5 @@ METRICS = web.AppKey("metrics", Metrics)
 # set on the first stop signal: no new upgrades, event streams end
 STOPPING = web.AppKey("stopping", asyncio.Event)
 SUBMIT_LOCK = web.AppKey("submit_lock", asyncio.Lock)
-# upgrade id -> (last journal seq folded in, the status document as JSON bytes)
-STATUS_CACHE = web.AppKey("status_cache", dict[str, tuple[int, bytes]])
+# upgrade id -> ((last journal seq, stall reason), the status document as JSON)
+STATUS_CACHE = web.AppKey("status_cache", dict[str, tuple[tuple[int, str | None], bytes]])

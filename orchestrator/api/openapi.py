@@ -214,9 +214,20 @@ SCHEMAS: dict[str, Any] = {
             ),
             "next": {"type": "string", "description": "what happens next, in words"},
             "phases": {"type": "array", "items": _ref("Phase")},
+            "stalled": {
+                **_nullable("string"),
+                "description": "why the journal cannot record the upgrade, which waits "
+                "until the storage is fixed and it is resumed",
+            },
         }
     ),
-    "Health": _obj({"status": {"type": "string", "enum": ["ok", "stopping"]}}),
+    "Health": _obj(
+        {
+            "status": {"type": "string", "enum": ["ok", "stopping", "stalled"]},
+            "stalled": {"type": "object", "additionalProperties": STR},
+        },
+        required=["status"],
+    ),
 }
 
 
@@ -263,7 +274,10 @@ PATHS: dict[str, Any] = {
             "operationId": "health",
             "summary": "liveness; needs no token",
             "security": [],
-            "responses": {"200": _json("the daemon is up", "Health")},
+            "responses": {
+                "200": _json("the daemon is up", "Health"),
+                "503": _json("an upgrade's journal cannot write: it is stalled", "Health"),
+            },
         }
     },
     "/metrics": {

@@ -54,7 +54,15 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         await response.write(b"retry: 1000\n\n")
         quiet_since = time.monotonic()
+        announced: str | None = None
         while True:
+            stalled = up.engine.stalled if up.engine is not None else None
+            if stalled != announced:
+                # not a journal event (the journal is what fails): no id
+                kind = "stalled" if stalled is not None else "unstalled"
+                payload = json.dumps({"reason": stalled})
+                await response.write(f"event: {kind}\ndata: {payload}\n\n".encode())
+                announced = stalled
             found = await manager.journal.events(up.id, after, limit=BATCH)
             if not found:
                 if up.view.state.terminal and after >= up.view.last_seq:

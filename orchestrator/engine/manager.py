@@ -152,6 +152,14 @@ class UpgradeManager:
             self._engine(up).start()
             return up, True
 
+    def stalled(self) -> dict[str, str]:
+        """Upgrade id -> why, for every upgrade waiting for its journal to write."""
+        return {
+            up.id: up.engine.stalled
+            for up in self.upgrades.values()
+            if up.engine is not None and up.engine.stalled is not None
+        }
+
     def get(self, upgrade_id: str) -> Upgrade:
         up = self.upgrades.get(upgrade_id)
         if up is None:

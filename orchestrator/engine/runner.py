@@ -30,7 +30,8 @@ from orchestrator.engine.states import (
     check_transition,
 )
 from orchestrator.engine.view import UpgradeView
-from orchestrator.errors import ConflictError, RollbackRefused, TransportError
+from orchestrator.errors import ConflictError, RollbackRefused, StoreError, TransportError
+from orchestrator.retry import journal_policy
 from orchestrator.secrets import SecretStore
 
 log = structlog.get_logger("orchestrator.engine")
@@ -84,6 +85,9 @@ class Engine:
         # set the moment a pause is ordered, before its journal write returns:
         # a host reaching a checkpoint meanwhile must not start another step
         self._pausing = False
+        # the journal's last write error while the upgrade waits for it to work again
+        self.stalled: str | None = None
+        self._unstall = asyncio.Event()
         self.step_seconds: list[tuple[str, float]] = []
         self.health_failures = 0
 
@@ -93,12 +97,42 @@ class Engine:
         await self.record(kind, data)
 
     async def record(self, kind: str, data: dict[str, Any], *, release: bool = False) -> None:
-        """Journal an event and fold it in; `release` ends the host leases with it."""
-        event = await self.journal.append(self.id, kind, data, release=release)
+        """Journal an event and fold it in; `release` ends the host leases with it.
+
+        Nothing happens on a host before the event announcing it is on disk,
+        so while the journal cannot write (retried by `journal_policy`) the
+        upgrade stalls here: visible in the status, the event stream and
+        /healthz, until the operator, space freed, resumes it."""
+        event: Any = None
+        while True:
+            try:
+                event = await journal_policy(self.sleep)(
+                    self.journal.append, self.id, kind, data, release=release
+                )
+                break
+            except StoreError as exc:
+                await self._stall(str(exc))
         self.view.apply(event)
         if self.on_event is not None:
             self.on_event(event)
         self._changed.set()
+
+    async def _stall(self, reason: str) -> None:
+        self.stalled = reason
+        self._unstall.clear()
+        log.error("upgrade stalled: the journal cannot record it", reason=reason)
+        await self._unstall.wait()
+        self.stalled = None
+        if self._suspend:  # the daemon stops: the next one retries from the journal
+            raise Suspend()
+        log.info("upgrade unstalled: retrying the journal write")
+
+    def _refuse_while_stalled(self) -> None:
+        if self.stalled is not None:
+            raise ConflictError(
+                f"the upgrade is stalled, its journal cannot write: {self.stalled}; "
+                "free the journal's storage, then resume"
+            )
 
     async def set_upgrade(
         self, state: UpgradeState, reason: str | None = None, **extra: Any
@@ -162,6 +196,7 @@ class Engine:
             await self.set_upgrade(U.PAUSED, reason, **extra)
 
     async def pause(self) -> None:
+        self._refuse_while_stalled()
         if self.view.state is U.PAUSED:
             return
         if self.view.state not in (U.RUNNING, U.WAITING_APPROVAL, U.PREFLIGHT):
@@ -175,12 +210,16 @@ class Engine:
             self._changed.set()
 
     async def resume(self) -> None:
+        if self.stalled is not None:  # the operator freed the storage: try again
+            self._unstall.set()
+            return
         if self.view.state is not U.PAUSED:
             raise ConflictError(f"cannot resume an upgrade that is {self.view.state.label}")
         await self.emit("control", action="resume")
         await self.set_upgrade(U.RUNNING)
 
     async def approve(self) -> None:
+        self._refuse_while_stalled()
         if self.view.state is not U.WAITING_APPROVAL:
             raise ConflictError(
                 f"nothing waits for approval: the upgrade is {self.view.state.label}"
@@ -194,6 +233,7 @@ class Engine:
 
     async def abort(self) -> None:
         """First call: finish running steps, then stop. Second call: cancel."""
+        self._refuse_while_stalled()
         if self.view.state.terminal:
             raise ConflictError(f"the upgrade is already {self.view.state.label}")
         self._abort_orders += 1
@@ -210,6 +250,7 @@ class Engine:
 
     def check_rollback(self) -> None:
         """Raise what `rollback` would refuse with; change nothing."""
+        self._refuse_while_stalled()
         point = self.view.irreversible_done
         if point is not None:
             raise RollbackRefused(point)
@@ -230,6 +271,7 @@ class Engine:
         """Daemon shutdown, first stage: running steps finish and are journaled,
         nothing new starts, the upgrade's state is left as it is."""
         self._suspend = True
+        self._unstall.set()
         self._changed.set()
 
     def cancel(self) -> None:
