@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 from tenacity import (
@@ -24,6 +25,7 @@ from tenacity import (
 from orchestrator.errors import HostKeyError, StoreError, TransportError
 
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 
 CONNECT_ATTEMPTS = 5
 CONNECT_DEADLINE = 60.0
@@ -40,15 +42,20 @@ def is_transient_transport_fault(exc: BaseException) -> bool:
     return isinstance(exc, TransportError) and not isinstance(exc, HostKeyError)
 
 
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome is not None else None
-    delay = state.next_action.sleep if state.next_action is not None else 0.0
-    _log.warning(
-        "connect failed, retrying",
-        attempt=state.attempt_number,
-        delay=round(delay, 3),
-        error=str(exc),
-    )
+def _log_retries(what: str) -> Callable[[RetryCallState], None]:
+    """A `before_sleep` hook that logs the failed attempt and the wait: `what` failed."""
+
+    def log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        _log.warning(
+            f"{what} failed, retrying",
+            attempt=state.attempt_number,
+            delay=round(delay, 3),
+            error=str(exc),
+        )
+
+    return log_retry
 
 
 def connect_policy(sleep: Sleep | None = None) -> AsyncRetrying:
@@ -63,24 +70,13 @@ def connect_policy(sleep: Sleep | None = None) -> AsyncRetrying:
         stop=stop_after_attempt(CONNECT_ATTEMPTS) | stop_after_delay(CONNECT_DEADLINE),
         wait=wait_exponential_jitter(multiplier=0.5, max=10.0, jitter=0.5),
         sleep=sleep if sleep is not None else asyncio.sleep,
-        before_sleep=_log_retry,
+        before_sleep=_log_retries("connect"),
         reraise=False,
     )
 
 
 JOURNAL_ATTEMPTS = 5
 JOURNAL_DEADLINE = 30.0
-
-
-def _log_journal_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome is not None else None
-    delay = state.next_action.sleep if state.next_action is not None else 0.0
-    _log.warning(
-        "journal write failed, retrying",
-        attempt=state.attempt_number,
-        delay=round(delay, 3),
-        error=str(exc),
-    )
 
 
 def journal_policy(sleep: Sleep | None = None) -> AsyncRetrying:
@@ -93,6 +89,23 @@ def journal_policy(sleep: Sleep | None = None) -> AsyncRetrying:
         stop=stop_after_attempt(JOURNAL_ATTEMPTS) | stop_after_delay(JOURNAL_DEADLINE),
         wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
         sleep=sleep if sleep is not None else asyncio.sleep,
-        before_sleep=_log_journal_retry,
+        before_sleep=_log_retries("journal write"),
         reraise=True,
     )
+
+
+async def journal_retry(
+    write: Callable[[], Awaitable[T]], failed: StoreError | None, sleep: Sleep | None = None
+) -> T:
+    """`write` under `journal_policy`. `failed`: the error its first attempt,
+    made outside the policy (the common case needs none of its machinery),
+    already raised; it counts as attempt 1, so the policy's bounds hold."""
+    pending = [failed] if failed is not None else []
+
+    async def attempt() -> T:
+        if pending:
+            raise pending.pop()
+        return await write()
+
+    result: T = await journal_policy(sleep)(attempt)
+    return result

@@ -31,7 +31,7 @@ from orchestrator.engine.states import (
 )
 from orchestrator.engine.view import UpgradeView
 from orchestrator.errors import ConflictError, RollbackRefused, StoreError, TransportError
-from orchestrator.retry import journal_policy
+from orchestrator.retry import journal_retry
 from orchestrator.secrets import SecretStore
 
 log = structlog.get_logger("orchestrator.engine")
@@ -103,19 +103,26 @@ class Engine:
         so while the journal cannot write (retried by `journal_policy`) the
         upgrade stalls here: visible in the status, the event stream and
         /healthz, until the operator, space freed, resumes it."""
-        event: Any = None
-        while True:
-            try:
-                event = await journal_policy(self.sleep)(
-                    self.journal.append, self.id, kind, data, release=release
-                )
-                break
-            except StoreError as exc:
-                await self._stall(str(exc))
+        event = await self._append(kind, data, release)
         self.view.apply(event)
         if self.on_event is not None:
             self.on_event(event)
         self._changed.set()
+
+    async def _append(self, kind: str, data: dict[str, Any], release: bool) -> Any:
+        def write() -> Awaitable[Any]:
+            return self.journal.append(self.id, kind, data, release=release)
+
+        try:
+            return await write()  # the common case, without the retry machinery
+        except StoreError as exc:
+            failed: StoreError | None = exc
+        while True:
+            try:
+                return await journal_retry(write, failed, self.sleep)
+            except StoreError as exc:
+                await self._stall(str(exc))
+                failed = None  # resumed: the policy's attempts start afresh
 
     async def _stall(self, reason: str) -> None:
         self.stalled = reason
