@@ -179,9 +179,15 @@ class VersionProbe:
         except InvalidVersion:
             return reported
         for release, spec in self.releases:
-            if version in SpecifierSet(spec):
+            if version in _specifier(spec):
                 return release
         return reported
+
+
+@lru_cache(maxsize=256)
+def _specifier(spec: str) -> SpecifierSet:
+    """Parsed once: probes are asked every health-check interval on every host."""
+    return SpecifierSet(spec)
 
 
 # --- the plan tree -----------------------------------------------------------
