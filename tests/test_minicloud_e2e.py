@@ -15,14 +15,19 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.engine.manager import Upgrade
+from orchestrator.engine.manager import Upgrade, UpgradeManager
 from orchestrator.engine.states import UpgradeState
+from orchestrator.errors import ConflictError
+from orchestrator.inventory import parse_inventory_text
 from orchestrator.minicloud import ctl
 from orchestrator.minicloud.control import pin_drift, versions
 from orchestrator.minicloud.embedded import EmbeddedCloud, embedded_cloud
 from orchestrator.minicloud.layout import read_host_config, staged_releases
 from orchestrator.minicloud.loadgen import LoadReport
-from orchestrator.playbook import resolve_playbook
+from orchestrator.model import Plan
+from orchestrator.plan import Options, compile_plan
+from orchestrator.playbook import parse_playbook_text, resolve_playbook
+from orchestrator.store.journal import Journal
 from tests.loadrun import run_under_load
 
 pytestmark = [pytest.mark.slow]
@@ -100,6 +105,39 @@ async def test_correct_playbook_under_load_loses_nothing(tmp_path: Path) -> None
         assert _pins(ec) == {None}
         assert pin_drift(ec.cloud) == {}  # every service runs the pin its config has
         assert not _has_old_column(ec)
+
+        # issue 10, defect 2: the same upgrade again has nothing to do. It was
+        # accepted, pinned the fleet to 1.0, failed the contract gate and "rolled
+        # back"; now it is refused before anything runs, from the journal that
+        # saw the first one and, without it, from the contract step's check
+        plan = _plan(ec, playbook)
+        for journal_path, because in (
+            (tmp_path / "journal.db", f"upgrade {up.id} did it"),
+            (tmp_path / "fresh.db", "its steps' checks pass"),
+        ):
+            journal = await Journal.open(journal_path)
+            manager = UpgradeManager(journal)
+            try:
+                await manager.start()
+                before = len(manager.upgrades)
+                with pytest.raises(ConflictError) as refused:
+                    await manager.submit(plan)
+                assert len(manager.upgrades) == before
+            finally:
+                await manager.close()
+                await journal.close()
+            assert str(refused.value) == (
+                "nothing to do: all 7 hosts report 2.0 and phase contract-db, the point of "
+                f"no return, is already done ({because})"
+            )
+        assert _pins(ec) == {None}
+        assert pin_drift(ec.cloud) == {}
+
+
+def _plan(ec: EmbeddedCloud, playbook: str) -> Plan:
+    inv, inv_doc = parse_inventory_text(ec.inventory_text, "inventory.yaml")
+    pb, pb_doc = parse_playbook_text(playbook, "playbook.yaml")
+    return compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"))
 
 
 @pytest.mark.timeout(300)

@@ -172,6 +172,7 @@ async def test_contract_refusals_then_success(cloud: Cloud) -> None:
         assert "conductor on ctl-1 (runs 1.0)" in refused.output
         assert "1 instance(s) not migrated" in refused.output
         assert (await manage(cloud, "db contract --check")).exit_status == 2
+        assert (await manage(cloud, "db contract --done")).exit_status == 1
 
         # 2. all at 2.0, but the conductor is still pinned: it writes instances.host
         await on_hosts(cloud, cloud.hosts, "minicloud-ctl install 2.0")
@@ -202,6 +203,7 @@ async def test_contract_refusals_then_success(cloud: Cloud) -> None:
         done = await manage(cloud, "db contract")
         assert (done.exit_status, done.output) == (0, "contracted: instances.host dropped\n")
         assert columns(cloud) == ["id", "name", "created"]
+        assert (await manage(cloud, "db contract --done")).output == "contracted\n"
         again = await manage(cloud, "db contract")
         assert (again.exit_status, again.output) == (0, "already contracted\n")
 

@@ -333,7 +333,11 @@ PATHS: dict[str, Any] = {
                 "201": _json("the upgrade was created and started", "SubmitResult"),
                 "400": _error("the body is not JSON, or a header is malformed"),
                 "401": UNAUTHORIZED,
-                "409": _error("another upgrade holds one of its hosts (by SSH endpoint)"),
+                "409": _error(
+                    "another upgrade holds one of its hosts (by SSH endpoint), or there is "
+                    "nothing to do: every host reports the target and the point of no "
+                    "return is already done"
+                ),
                 "413": _error("the body is too large"),
                 "415": _error("the body is not application/json"),
                 "422": _error("invalid input: every problem with file, line and field"),

@@ -19,6 +19,8 @@ import structlog
 
 from orchestrator import model
 from orchestrator.actions.drain import tcp_runtime_api
+from orchestrator.actions.health import Checker
+from orchestrator.engine.preflight import Earlier, nothing_to_do
 from orchestrator.engine.runner import Engine
 from orchestrator.engine.states import UpgradeState
 from orchestrator.engine.view import UpgradeView
@@ -127,6 +129,7 @@ class UpgradeManager:
                 existing = await self.journal.lookup_key(idempotency_key)
                 if existing is not None and existing in self.upgrades:
                     return self.upgrades[existing], False
+            await self._refuse_nothing_to_do(plan)
             upgrade_id = new_id()
             digest = plan.digest
             if idempotency_key is not None:
@@ -151,6 +154,19 @@ class UpgradeManager:
             self.upgrades[upgrade_id] = up
             self._engine(up).start()
             return up, True
+
+    async def _refuse_nothing_to_do(self, plan: model.Plan) -> None:
+        """409 before anything runs when the cloud is already where the plan
+        leads and its point of no return is behind it (only reads hosts)."""
+        assert self.session is not None
+        earlier = [Earlier(up.id, up.plan, up.view) for up in self.upgrades.values()]
+        pool = self.remote_factory(plan, SecretStore.from_plan(plan.secrets))
+        try:
+            why = await nothing_to_do(plan, pool, Checker(pool, self.session), earlier)
+        finally:
+            await pool.close()
+        if why is not None:
+            raise ConflictError(why)
 
     def stalled(self) -> dict[str, str]:
         """Upgrade id -> why, for every upgrade waiting for its journal to write."""

@@ -20,6 +20,7 @@ from orchestrator.actions.drain import Drainer, RuntimeAPI
 from orchestrator.actions.health import Checker
 from orchestrator.actions.remote import Remote
 from orchestrator.engine.host import HOST_FAULTS, HostRunner, Stop, Suspend
+from orchestrator.engine.preflight import PREFLIGHT_CONCURRENCY, version_probes
 from orchestrator.engine.states import (
     HOST_TRANSITIONS,
     PHASE_TRANSITIONS,
@@ -36,9 +37,6 @@ from orchestrator.secrets import SecretStore
 
 log = structlog.get_logger("orchestrator.engine")
 U = UpgradeState
-# SSH handshakes preflight runs at once: all of them together would stall the
-# event loop (status requests, other upgrades) for as long as the burst lasts
-PREFLIGHT_CONCURRENCY = 64
 
 
 class EventSink(Protocol):
@@ -344,15 +342,7 @@ class Engine:
 
     async def _preflight(self) -> None:
         await self.set_upgrade(U.PREFLIGHT)
-        probes: dict[str, model.VersionProbe] = {}
-        for phase in self.plan.phases:
-            for batch in phase.batches:
-                for hp in batch.hosts:
-                    if hp.version is not None:
-                        probes.setdefault(hp.host, hp.version)
-            for gate in phase.gates:
-                for host, probe in gate.probes:
-                    probes.setdefault(host, probe)
+        probes = version_probes(self.plan)
         problems: list[str] = []
         handshakes = asyncio.Semaphore(PREFLIGHT_CONCURRENCY)
 

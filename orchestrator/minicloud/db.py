@@ -191,6 +191,11 @@ def contract_blockers(path: Path) -> list[str]:
         return _blockers(conn, time.time())
 
 
+def contracted(path: Path) -> bool:
+    with connection(path) as conn:
+        return has_table(conn, "placements") and not has_column(conn, "instances", "host")
+
+
 def contract(path: Path) -> bool:
     """Drop instances.host; False when already dropped. Raises ContractRefused."""
     with transaction(path) as conn:

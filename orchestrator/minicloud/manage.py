@@ -5,9 +5,10 @@ minicloud-manage db expand                     add the 2.0 tables (idempotent)
 minicloud-manage db migrate-data [--max-count N]
                                                "N migrated, M remaining"; exit 1 while
                                                rows remain, 0 when done
-minicloud-manage db contract [--check]         drop instances.host; exit 2 and say why
+minicloud-manage db contract [--check|--done]  drop instances.host; exit 2 and say why
                                                while a 1.0 service is alive or rows
-                                               are unmigrated (--check: only say)
+                                               are unmigrated (--check: only say;
+                                               --done: exit 0 if contracted, else 1)
 minicloud-manage db status                     schema state and row counts
 minicloud-manage service-versions [--json]     the services table
 minicloud-manage version                       the release this code is
@@ -90,7 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     migrate = dbsub.add_parser("migrate-data", help="online data migration")
     migrate.add_argument("--max-count", type=int, default=None, metavar="N")
     contract = dbsub.add_parser("contract", help="drop what 1.0 used")
-    contract.add_argument("--check", action="store_true", help="only report whether it may")
+    how = contract.add_mutually_exclusive_group()
+    how.add_argument("--check", action="store_true", help="only report whether it may")
+    how.add_argument("--done", action="store_true", help="exit 0 if contracted, 1 if not")
     dbsub.add_parser("status", help="schema state and row counts")
     versions = sub.add_parser("service-versions", help="every service's version and heartbeat")
     versions.add_argument("--json", action="store_true")
@@ -158,6 +161,8 @@ def run(argv: list[str]) -> tuple[int, str]:
             return 2, "--max-count must be at least 1"
         migrated, remaining = db.migrate(path, args.max_count)
         return (1 if remaining else 0), f"{migrated} migrated, {remaining} remaining"
+    if args.done:
+        return (0, "contracted") if db.contracted(path) else (1, "not contracted")
     if args.check:
         reasons = db.contract_blockers(path)
         if reasons:

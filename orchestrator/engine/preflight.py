@@ -1,0 +1,130 @@
+"""What preflight reads before anything changes: each host's version probe,
+and whether the upgrade has anything left to do at all.
+
+`nothing_to_do` runs at submit, before the journal creates the upgrade: a
+cloud whose every host reports the target and whose point of no return is
+already behind it is answered 409 instead of being run (a run would pin the
+fleet back to the old RPC version, fail the contract gate, and roll back).
+It only reads: version probes and the irreversible phase's step `check`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from orchestrator import model
+from orchestrator.actions.health import Checker
+from orchestrator.actions.remote import Remote
+from orchestrator.engine.states import PhaseState
+from orchestrator.engine.view import UpgradeView
+from orchestrator.errors import TransportError
+
+# SSH handshakes preflight runs at once: all of them together would stall the
+# event loop (status requests, other upgrades) for as long as the burst lasts
+PREFLIGHT_CONCURRENCY = 64
+
+
+def version_probes(plan: model.Plan) -> dict[str, model.VersionProbe]:
+    """Host -> the probe preflight asks it: its own phase's, else a gate's."""
+    probes: dict[str, model.VersionProbe] = {}
+    for phase in plan.phases:
+        for batch in phase.batches:
+            for hp in batch.hosts:
+                if hp.version is not None:
+                    probes.setdefault(hp.host, hp.version)
+        for gate in phase.gates:
+            for host, probe in gate.probes:
+                probes.setdefault(host, probe)
+    return probes
+
+
+@dataclass(frozen=True, slots=True)
+class Earlier:
+    """An upgrade the journal knows, as `nothing_to_do` weighs it."""
+
+    id: str
+    plan: model.Plan
+    view: UpgradeView
+
+
+def _endpoints_of(plan: model.Plan, hosts: Iterable[str]) -> frozenset[str]:
+    by_name = {name: endpoint for endpoint, name in plan.endpoints().items()}
+    return frozenset(by_name[h] for h in hosts if h in by_name)
+
+
+def _phase_hosts(phase: model.Phase) -> list[model.HostPlan]:
+    return [hp for batch in phase.batches for hp in batch.hosts]
+
+
+def _done_by_earlier(
+    plan: model.Plan, phase: model.Phase, earlier: Iterable[Earlier]
+) -> str | None:
+    """An earlier upgrade to the same release finished this phase on the same hosts."""
+    mine = _endpoints_of(plan, (hp.host for hp in _phase_hosts(phase)))
+    for other in earlier:
+        if other.plan.to_version != plan.to_version:
+            continue
+        theirs = other.plan.irreversible_phase()
+        if theirs is None or theirs.name != phase.name:
+            continue
+        pview = other.view.phases.get(phase.name)
+        if pview is None or pview.state is not PhaseState.DONE:
+            continue
+        if mine and mine <= _endpoints_of(other.plan, (hp.host for hp in _phase_hosts(theirs))):
+            return f"upgrade {other.id} did it"
+    return None
+
+
+async def _done_by_checks(remote: Remote, phase: model.Phase) -> str | None:
+    """Every step of the phase declares a `check` and every check passes."""
+    runs = [(hp.host, step) for hp in _phase_hosts(phase) for step in hp.steps]
+    if not runs or any(step.check is None for _, step in runs):
+        return None
+    for host, step in runs:
+        assert step.check is not None
+        result = await remote.run(host, step.check, become=step.become)
+        if result.exit_status != 0:
+            return None
+    return "its steps' checks pass"
+
+
+async def nothing_to_do(
+    plan: model.Plan, remote: Remote, checker: Checker, earlier: Iterable[Earlier]
+) -> str | None:
+    """Why there is nothing to do, or None when there may be (the usual case,
+    decided without contacting a host unless the point of no return is known
+    to be passed)."""
+    phase = plan.irreversible_phase()
+    if phase is None:
+        return None
+    why = _done_by_earlier(plan, phase, earlier)
+    if why is None:
+        try:
+            why = await _done_by_checks(remote, phase)
+        except TransportError:
+            return None  # preflight proper reports an unreachable host
+    if why is None:
+        return None
+    probes = version_probes(plan)
+    worked = sorted({hp.host for p in plan.phases for hp in _phase_hosts(p)})
+    if not worked or any(h not in probes for h in worked):
+        return None  # a host without a probe could be anywhere
+    handshakes = asyncio.Semaphore(PREFLIGHT_CONCURRENCY)
+
+    async def at_target(host: str) -> bool:
+        async with handshakes:
+            try:
+                seen = await checker.version(host, probes[host])
+            except TransportError:
+                return False
+        return seen is not None and probes[host].reports(seen, plan.to_version)
+
+    answers = await asyncio.gather(*(at_target(h) for h in worked))
+    if not all(answers):
+        return None
+    return (
+        f"nothing to do: all {len(worked)} hosts report {plan.to_version} and phase "
+        f"{phase.name}, the point of no return, is already done ({why})"
+    )
