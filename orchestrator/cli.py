@@ -19,7 +19,7 @@ from rich.table import Table
 from orchestrator import model
 from orchestrator.api.body import FILE_NAME_PATTERN
 from orchestrator.api.endpoint import DEFAULT_LISTEN, default_state_dir
-from orchestrator.api.openapi import ACTIONS
+from orchestrator.api.openapi import ACTIONS, HOST_ACTIONS
 from orchestrator.client import Client, render_status, resolve_endpoint, watch
 from orchestrator.errors import InputError, OrchestratorError, Problem, UsageError
 from orchestrator.inventory import load_inventory
@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     for action in ACTIONS:
         p = sub.add_parser(action, parents=[remote], help=f"{action} an upgrade")
         p.add_argument("id", help="upgrade id")
+    for action, what in HOST_ACTIONS.items():
+        p = sub.add_parser(action, parents=[remote], help=f"{what} (on a paused upgrade)")
+        p.add_argument("id", help="upgrade id")
+        p.add_argument("host", help="a host that failed in the upgrade")
 
     _local_commands(sub)
     return parser
@@ -276,7 +280,8 @@ async def cmd_watch(client: Client, args: argparse.Namespace, out: TextIO) -> in
 
 
 async def cmd_control(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    answer = await client.control(args.id, args.command)
+    host = getattr(args, "host", None)
+    answer = await client.control(args.id, args.command, host=host)
     reason = f" ({answer['reason']})" if answer.get("reason") else ""
     out.write(f"{args.command}: upgrade {answer['id']} is {answer['state']}{reason}\n")
     return EXIT_OK
@@ -322,7 +327,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "submit": _remote(cmd_submit),
     "status": _remote(cmd_status),
     "watch": _remote(cmd_watch),
-    **dict.fromkeys(ACTIONS, _remote(cmd_control)),
+    **dict.fromkeys((*ACTIONS, *HOST_ACTIONS), _remote(cmd_control)),
 }
 
 

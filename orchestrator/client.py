@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import aiohttp
 from rich.console import Console, Group, RenderableType
@@ -195,8 +196,14 @@ class Client:
         data: dict[str, Any] = await self.request("GET", f"/v1/upgrades/{upgrade_id}")
         return data
 
-    async def control(self, upgrade_id: str, action: str) -> dict[str, Any]:
-        data: dict[str, Any] = await self.request("POST", f"/v1/upgrades/{upgrade_id}/{action}")
+    async def control(
+        self, upgrade_id: str, action: str, *, host: str | None = None
+    ) -> dict[str, Any]:
+        """An action on the upgrade, or with `host` (retry, skip) on one of its hosts."""
+        path = f"/v1/upgrades/{upgrade_id}/{action}"
+        if host is not None:
+            path = f"/v1/upgrades/{upgrade_id}/hosts/{quote(host, safe='')}/{action}"
+        data: dict[str, Any] = await self.request("POST", path)
         return data
 
     async def events(

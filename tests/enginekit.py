@@ -112,10 +112,15 @@ def make_plan(
     approve: bool = False,
     playbook: str | None = None,
     drain: bool = True,
+    fail_while: str | None = None,
 ) -> model.Plan:
+    """`fail_on`: that host's upgrade step always fails; `fail_while`: the
+    upgrade step fails on any host while that file is in its directory."""
     fail_cmd = ""
     if fail_on is not None:
         fail_cmd = f'test \\"$HOST_NAME\\" != {fail_on} && '
+    if fail_while is not None:
+        fail_cmd = f"test ! -e {fail_while} && "
     text = (playbook or PLAYBOOK).format(
         on_failure=on_failure,
         batch=json.dumps(batch),

@@ -283,3 +283,42 @@ def test_status_of_an_upgrade_that_has_not_started_renders() -> None:
 async def _wait_for_an_upgrade(api: Api) -> str:
     managed = await poll(lambda: asyncio.sleep(0, api.manager.upgrades), bool)
     return next(iter(managed))
+
+
+BUDGET = """
+name: lab
+phases:
+  - name: roll
+    rolling: app
+    batch: 1
+    max_failures: 1
+    steps:
+      - run: 'test "$HOST_NAME" != host-2 && echo {{ to_version }} > version'
+        undo: "echo {{ from_version }} > version"
+        idempotent: true
+  - name: check
+    once: app
+    gate: all_at_target
+    steps:
+      - {run: "true"}
+"""
+
+
+async def test_retry_and_skip_a_failed_host_from_the_cli(api: Api) -> None:
+    upgrade_id = await api.submit(playbook=BUDGET)
+    doc = await api.wait_state(upgrade_id, "paused")
+    assert doc["reason"].startswith("phase check waits: 1 host(s) failed within the failure budget")
+    code, _, err = await cli(api, "retry", upgrade_id, "host-1")
+    assert (code, err.strip()) == (3, "error: retry host-1: host-1 has not failed in this upgrade")
+    code, out, err = await cli(api, "skip", upgrade_id, "host-2")
+    assert (code, out.strip(), err) == (
+        0,
+        f"skip: upgrade {upgrade_id} is paused ({doc['reason']})",
+        "",
+    )
+    assert (await cli(api, "resume", upgrade_id))[0] == 0
+    doc = await api.wait_state(upgrade_id, "succeeded", "failed", "rolled_back")
+    assert (doc["state"], doc["skipped_hosts"]) == ("succeeded", {"host-2": "roll"})
+    events = await api.manager.journal.events(upgrade_id)
+    skip = next(e.data for e in events if e.kind == "control" and e.data["action"] == "skip")
+    assert skip == {"action": "skip", "host": "host-2", "phase": "roll", "by": "default"}

@@ -116,6 +116,10 @@ async def test_real_responses_validate_against_the_document(
         assert (await call("GET", one, id=upgrade_id))[0] == 200
         assert (await call("POST", one + "/pause", id=upgrade_id))[0] == 200
         assert (await call("POST", one + "/approve", id=upgrade_id))[0] == 409
+        for action in ("retry", "skip"):  # host-1 has not failed
+            host_action = one + "/hosts/{host}/" + action
+            assert (await call("POST", host_action, id=upgrade_id, host="host-1"))[0] == 409
+            assert (await call("POST", host_action, id="x", host="host-1"))[0] == 404
         assert (await call("GET", one, id=upgrade_id))[0] == 200
         assert (await call("POST", one + "/resume", id=upgrade_id))[0] == 200
         release(hosts)

@@ -21,7 +21,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from orchestrator.api import handlers, keys, sse
 from orchestrator.api.metrics import Metrics
-from orchestrator.api.openapi import ACTIONS
+from orchestrator.api.openapi import ACTIONS, HOST_ACTIONS
 from orchestrator.engine.manager import UpgradeManager
 from orchestrator.errors import OrchestratorError
 
@@ -81,6 +81,7 @@ def auth_middleware(token: str) -> Any:
                     reason="a valid bearer token is required",
                     headers={"WWW-Authenticate": 'Bearer realm="orchestrator"'},
                 )
+            request[keys.WHO] = "default"
         return await handler(request)
 
     return check
@@ -138,6 +139,10 @@ def make_app(
     app.router.add_get("/v1/upgrades/{id}/events", sse.events)
     for action in ACTIONS:
         app.router.add_post(f"/v1/upgrades/{{id}}/{action}", handlers.control(action))
+    for action in HOST_ACTIONS:
+        app.router.add_post(
+            f"/v1/upgrades/{{id}}/hosts/{{host}}/{action}", handlers.control_host(action)
+        )
     return app
 
 

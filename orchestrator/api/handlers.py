@@ -189,7 +189,26 @@ def control(action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     """POST /v1/upgrades/{id}/<action>: journaled by the engine before it answers."""
 
     async def handle(request: web.Request) -> web.Response:
-        up = await request.app[keys.MANAGER].control(request.match_info["id"], action)
+        manager = request.app[keys.MANAGER]
+        up = await manager.control(request.match_info["id"], action, by=who(request))
         return json_response(_summary(up))
 
     return handle
+
+
+def control_host(action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """POST /v1/upgrades/{id}/hosts/{host}/<action>: retry or skip a failed host."""
+
+    async def handle(request: web.Request) -> web.Response:
+        manager = request.app[keys.MANAGER]
+        info = request.match_info
+        up = await manager.control_host(info["id"], action, info["host"], by=who(request))
+        return json_response(_summary(up))
+
+    return handle
+
+
+def who(request: web.Request) -> str:
+    """The name of the token that authenticated the request."""
+    name: str = request.get(keys.WHO, "default")
+    return name

@@ -17,3 +17,6 @@ STOPPING = web.AppKey("stopping", asyncio.Event)
 SUBMIT_LOCK = web.AppKey("submit_lock", asyncio.Lock)
 # upgrade id -> ((last journal seq, stall reason), the status document as JSON)
 STATUS_CACHE = web.AppKey("status_cache", dict[str, tuple[tuple[int, str | None], bytes]])
+# request key: the name of the token that authenticated the request (one
+# static token today, named "default"; journaled with every control action)
+WHO = web.RequestKey("who", str)

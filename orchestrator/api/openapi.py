@@ -14,6 +14,11 @@ from orchestrator.api.body import FILE_NAME_PATTERN, MAX_TEXT, NAME_PATTERN
 from orchestrator.engine.states import HostState, PhaseState, StepState, UpgradeState
 
 ACTIONS = ("pause", "resume", "abort", "approve", "rollback")
+# on a paused upgrade, for a host that failed in it
+HOST_ACTIONS = {
+    "retry": "run a failed host's phase procedure again when the upgrade resumes",
+    "skip": "leave a failed host behind, out of service, so the gates may pass",
+}
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 LAST_EVENT_ID_PATTERN = r"^[0-9]{1,18}$"
 
@@ -156,6 +161,11 @@ SCHEMAS: dict[str, Any] = {
             "roles": {"type": "array", "items": STR},
             "state": {"type": "string", "enum": [s.value for s in HostState]},
             "drained": BOOL,
+            "tolerated": {
+                **BOOL,
+                "description": "failed within the phase's failure budget: rolled back, out "
+                "of service, holding the next gate until retried or skipped",
+            },
             "error": _nullable("string"),
             "started_at": TIME,
             "finished_at": TIME,
@@ -213,6 +223,11 @@ SCHEMAS: dict[str, Any] = {
                 }
             ),
             "next": {"type": "string", "description": "what happens next, in words"},
+            "skipped_hosts": {
+                "type": "object",
+                "additionalProperties": STR,
+                "description": "host -> the phase it failed in, for hosts the operator skipped",
+            },
             "phases": {"type": "array", "items": _ref("Phase")},
             "stalled": {
                 **_nullable("string"),
@@ -263,6 +278,30 @@ def _control(action: str) -> dict[str, Any]:
                     "the upgrade's state forbids it (rollback after the point of no return "
                     "names that phase)"
                 ),
+            },
+        }
+    }
+
+
+HOST_NAME = {
+    "name": "host",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,253}$"},
+}
+
+
+def _host_control(action: str, what: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "operationId": f"{action}Host",
+            "summary": what,
+            "parameters": [UPGRADE_ID, HOST_NAME],
+            "responses": {
+                "200": _json("the action was journaled, with who ordered it", "UpgradeSummary"),
+                "401": UNAUTHORIZED,
+                "404": NOT_FOUND,
+                "409": _error("the upgrade is not paused, or the host has not failed in it"),
             },
         }
     }
@@ -397,6 +436,10 @@ PATHS: dict[str, Any] = {
         }
     },
     **{f"/v1/upgrades/{{id}}/{action}": _control(action) for action in ACTIONS},
+    **{
+        f"/v1/upgrades/{{id}}/hosts/{{host}}/{action}": _host_control(action, what)
+        for action, what in HOST_ACTIONS.items()
+    },
 }
 
 SPEC: dict[str, Any] = {

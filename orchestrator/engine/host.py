@@ -65,6 +65,10 @@ class HostRunner:
         with structlog.contextvars.bound_contextvars(phase=self.phase.name, host=self.name):
             try:
                 await self.engine.checkpoint()
+                left = self.engine.view.skipped.get(self.name)
+                if view.state is HostState.PENDING and left is not None:
+                    await self.set(HostState.SKIPPED, f"skipped: it failed in phase {left}")
+                    return True
                 if view.state is HostState.PENDING and self.engine.at_target(self.name, self.plan):
                     await self.set(HostState.SKIPPED, "already at the target version")
                     return True
@@ -78,7 +82,9 @@ class HostRunner:
                 return None
             except HOST_FAULTS as exc:
                 log.warning("host failed", error=str(exc))
-                await self._fail(str(exc))
+                # within the failure budget the upgrade goes on without it: it
+                # stays out of service until retried, skipped or rolled back
+                await self._fail(str(exc), keep_drained=True)
                 return False
             finally:
                 await self._cleanup()
@@ -262,19 +268,21 @@ class HostRunner:
                 detail=detail,
             )
 
-    async def _fail(self, error: str) -> None:
-        """Undo this host's steps newest first, undrain, and mark it failed."""
+    async def _fail(self, error: str, *, keep_drained: bool = False) -> None:
+        """Undo this host's steps newest first, undrain unless `keep_drained`,
+        and mark it failed."""
         if self.view.state not in (HostState.ROLLING_BACK,):
             await self.set(HostState.ROLLING_BACK, error)
         try:
-            await self.undo()
+            await self.undo(keep_drained=keep_drained)
             await self.set(HostState.FAILED, error)
         except (OrchestratorError, OSError) as exc:
             await self.set(HostState.FAILED, f"{error}; rollback of the host failed: {exc}")
             await self.engine.fatal(f"host {self.name}: rollback failed: {exc}")
 
-    async def undo(self) -> None:
-        """Undo completed (and failed) steps in reverse, then undrain if drained.
+    async def undo(self, *, keep_drained: bool = False) -> None:
+        """Undo completed (and failed) steps in reverse, then undrain if drained
+        (unless `keep_drained`).
 
         Used for a failed host and for the fleet rollback; safe to repeat."""
         engine = self.engine
@@ -305,7 +313,7 @@ class HostRunner:
                 )
         for step in reversed(needs):
             await self._undo_step(step)
-        if self.view.drained:
+        if self.view.drained and not keep_drained:
             await self._undrain()
 
     async def _undo_step(self, step: model.Step) -> None:

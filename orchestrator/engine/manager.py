@@ -182,7 +182,8 @@ class UpgradeManager:
             raise NotFoundError(f"no upgrade {upgrade_id!r}")
         return up
 
-    async def control(self, upgrade_id: str, action: str) -> Upgrade:
+    async def control(self, upgrade_id: str, action: str, *, by: str | None = None) -> Upgrade:
+        """pause, resume, abort, approve or rollback, journaled with who ordered it."""
         up = self.get(upgrade_id)
         engine = up.engine
         if engine is None:
@@ -202,7 +203,21 @@ class UpgradeManager:
             # its end released its hosts: rolling it back needs them again
             engine.check_rollback()
             await self.journal.lease(up.id, up.plan.endpoints())
-        await handlers[action]()
+        await handlers[action](by)
+        return up
+
+    async def control_host(
+        self, upgrade_id: str, action: str, host: str, *, by: str | None = None
+    ) -> Upgrade:
+        """retry or skip a host that failed in a paused upgrade."""
+        up = self.get(upgrade_id)
+        engine = up.engine
+        if engine is None:
+            raise ConflictError(f"upgrade {upgrade_id} is {up.view.state.label}")
+        handlers = {"retry": engine.retry, "skip": engine.skip}
+        if action not in handlers:
+            raise NotFoundError(f"no host action {action!r}")
+        await handlers[action](host, by)
         return up
 
     async def wait(self, upgrade_id: str, timeout: float | None = None) -> UpgradeState:

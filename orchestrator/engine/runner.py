@@ -200,7 +200,7 @@ class Engine:
             extra = {"verify_step": verify_step} if verify_step else {}
             await self.set_upgrade(U.PAUSED, reason, **extra)
 
-    async def pause(self) -> None:
+    async def pause(self, by: str | None = None) -> None:
         self._refuse_while_stalled()
         if self.view.state is U.PAUSED:
             return
@@ -208,22 +208,22 @@ class Engine:
             raise ConflictError(f"cannot pause an upgrade that is {self.view.state.label}")
         self._pausing = True
         try:
-            await self.emit("control", action="pause")
+            await self.emit("control", action="pause", **_by(by))
             await self.set_upgrade(U.PAUSED, "paused by the operator")
         finally:
             self._pausing = False
             self._changed.set()
 
-    async def resume(self) -> None:
+    async def resume(self, by: str | None = None) -> None:
         if self.stalled is not None:  # the operator freed the storage: try again
             self._unstall.set()
             return
         if self.view.state is not U.PAUSED:
             raise ConflictError(f"cannot resume an upgrade that is {self.view.state.label}")
-        await self.emit("control", action="resume")
+        await self.emit("control", action="resume", **_by(by))
         await self.set_upgrade(U.RUNNING)
 
-    async def approve(self) -> None:
+    async def approve(self, by: str | None = None) -> None:
         self._refuse_while_stalled()
         if self.view.state is not U.WAITING_APPROVAL:
             raise ConflictError(
@@ -233,17 +233,17 @@ class Engine:
             (p for p, v in self.view.phases.items() if v.state is PhaseState.WAITING_APPROVAL),
             None,
         )
-        await self.emit("control", action="approve", phase=phase)
+        await self.emit("control", action="approve", phase=phase, **_by(by))
         await self.set_upgrade(U.RUNNING)
 
-    async def abort(self) -> None:
+    async def abort(self, by: str | None = None) -> None:
         """First call: finish running steps, then stop. Second call: cancel."""
         self._refuse_while_stalled()
         if self.view.state.terminal:
             raise ConflictError(f"the upgrade is already {self.view.state.label}")
         self._abort_orders += 1
         stage = self._abort_orders
-        await self.emit("control", action="abort", stage=stage)
+        await self.emit("control", action="abort", stage=stage, **_by(by))
         if stage == 1 and self.view.state is not U.ROLLING_BACK:
             await self.set_upgrade(U.ABORTING, "aborted by the operator")
         # only now may a checkpoint stop the run: it ends in ABORTED, which
@@ -262,13 +262,41 @@ class Engine:
         if not self.view.state.rollbackable:
             raise ConflictError(f"cannot roll back an upgrade that is {self.view.state.label}")
 
-    async def rollback(self) -> None:
+    async def rollback(self, by: str | None = None) -> None:
         self.check_rollback()
-        await self.emit("control", action="rollback")
+        await self.emit("control", action="rollback", **_by(by))
         self._rollback = True
         await self.set_upgrade(U.ROLLING_BACK, "rollback ordered by the operator")
         if self._task is None or self._task.done():
             self.start()
+
+    def _failed_host(self, action: str, host: str) -> str:
+        """The phase a paused upgrade's `host` failed in, or ConflictError saying why not."""
+        self._refuse_while_stalled()
+        if self.view.state is not U.PAUSED:
+            raise ConflictError(
+                f"{action} {host} needs a paused upgrade; this one is {self.view.state.label}"
+            )
+        if not any(host == t.name for t in self.plan.hosts):
+            raise ConflictError(f"{action} {host}: no host {host!r} in this upgrade")
+        pview = self.view.failed_in(host)
+        if pview is None:
+            raise ConflictError(f"{action} {host}: {host} has not failed in this upgrade")
+        return pview.name
+
+    async def retry(self, host: str, by: str | None = None) -> None:
+        """Run a failed host's phase procedure again when the upgrade resumes."""
+        phase = self._failed_host("retry", host)
+        await self.emit("control", action="retry", host=host, phase=phase, **_by(by))
+
+    async def skip(self, host: str, by: str | None = None) -> None:
+        """Leave a failed host behind: rolled back, out of service, out of the
+        later phases and gates; the upgrade may then pass its gates."""
+        phase = self._failed_host("skip", host)
+        error = self.view.phase(phase).host(host).error
+        await self.emit("control", action="skip", host=host, phase=phase, **_by(by))
+        why = f"skipped by {by or 'the operator'}"
+        await self.set_host(phase, host, HostState.SKIPPED, f"{why} after: {error}")
 
     # --- running -----------------------------------------------------------------
 
@@ -332,7 +360,8 @@ class Engine:
                 reason = "the abort came after the last steps had started; they all finished"
                 await self.set_upgrade(U.SUCCEEDED, reason)
             else:
-                await self.set_upgrade(U.SUCCEEDED)
+                await self._settle(None, hold=True)
+                await self.set_upgrade(U.SUCCEEDED, self._skipped_summary())
         except Stop:
             if self._rollback:
                 return await self._rollback_all()
@@ -392,6 +421,9 @@ class Engine:
             return
         with structlog.contextvars.bound_contextvars(phase=phase.name):
             await self.checkpoint()
+            if pview.state in (PhaseState.PENDING, PhaseState.GATED):
+                guarded = bool(phase.gates or phase.approve or phase.irreversible)
+                await self._settle(phase, hold=guarded)
             if pview.state in (PhaseState.PENDING, PhaseState.GATED) and phase.gates:
                 await self.set_phase(phase.name, PhaseState.GATED)
                 ok, detail = await self._gates(phase)
@@ -452,11 +484,52 @@ class Engine:
             raise Stop()  # aborting or rolling back: every host has finished its step
         return [bool(o) for o in outcomes]
 
+    async def _settle(self, before: model.Phase | None, *, hold: bool) -> None:
+        """Run the retries the operator ordered; then, with `hold` (a gate, an
+        approval or the end comes next), wait while a host that failed within
+        its phase's budget is neither retried to success nor skipped: a gate
+        or the point of no return must not pass over a host left behind."""
+        while True:
+            await self.checkpoint()
+            for phase_name, host in sorted(self.view.retries):
+                await self._retry(phase_name, host)
+            held = self.view.tolerated()
+            if not hold or not held:
+                return
+            what = "the end" if before is None else f"phase {before.name}"
+            hosts = "; ".join(f"{hv.name} in phase {hv.phase}: {hv.error}" for hv in held[:5])
+            await self.pause_for(
+                f"{what} waits: {len(held)} host(s) failed within the failure budget and are "
+                f"back at {self.plan.from_version}, out of service ({hosts}); retry HOST or "
+                "skip HOST, then resume (or roll back)"
+            )
+            await self.checkpoint()
+
+    async def _retry(self, phase_name: str, host: str) -> None:
+        phase = next(p for p in self.plan.phases if p.name == phase_name)
+        hp = next(h for b in phase.batches for h in b.hosts if h.host == host)
+        with structlog.contextvars.bound_contextvars(phase=phase_name):
+            outcome = await HostRunner(self, phase, hp).run()
+        if outcome is None:
+            raise Suspend() if self._suspend else Stop()
+
+    def _skipped_summary(self) -> str | None:
+        skipped = self.view.skipped
+        if not skipped:
+            return None
+        names = ", ".join(f"{h} (failed in {p})" for h, p in sorted(skipped.items()))
+        return (
+            f"{len(skipped)} host(s) skipped by the operator, left at {self.plan.from_version} "
+            f"and out of service: {names}"
+        )
+
     async def _gates(self, phase: model.Phase) -> tuple[bool, str]:
         for index, gate in enumerate(phase.gates):
             if gate.kind == "all_at_target":
                 behind = []
                 for host, probe in gate.probes:
+                    if host in self.view.skipped:
+                        continue  # the operator left it behind, out of service
                     seen = await self.checker.version(host, probe)
                     if not probe.reports(seen, self.plan.to_version):
                         behind.append(f"{host}={probe.describe(seen) if seen else seen}")
@@ -564,3 +637,8 @@ class Engine:
                 if self.view.state is not U.ABORTING:
                     await self.set_upgrade(U.ABORTING, "cancelled")
                 await self.set_upgrade(U.ABORTED, "cancelled by a second abort")
+
+
+def _by(who: str | None) -> dict[str, str]:
+    """Who ordered a control action, for its journal event."""
+    return {} if who is None else {"by": who}

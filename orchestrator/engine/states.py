@@ -84,7 +84,8 @@ HOST_TRANSITIONS: dict[HostState, frozenset[HostState]] = {
     H.CHECKING: frozenset({H.UNDRAINING, H.DONE, H.ROLLING_BACK}),
     H.UNDRAINING: frozenset({H.DONE, H.ROLLING_BACK}),
     H.DONE: frozenset({H.ROLLING_BACK}),
-    H.SKIPPED: frozenset(),
+    # a host the operator skipped after it failed is still drained: rollback undrains it
+    H.SKIPPED: frozenset({H.ROLLING_BACK}),
     H.ROLLING_BACK: frozenset({H.ROLLED_BACK, H.FAILED}),
     # a failed host is rolled back when the whole upgrade is, or retried on resume
     H.FAILED: frozenset({H.ROLLING_BACK, H.PENDING, H.SKIPPED}),

@@ -17,7 +17,7 @@ from orchestrator.engine.view import HostView, UpgradeView
 FINISHED_HOST = {HostState.DONE, HostState.SKIPPED, HostState.FAILED, HostState.ROLLED_BACK}
 
 
-def _host(hp: model.HostPlan, view: HostView | None) -> dict[str, Any]:
+def _host(hp: model.HostPlan, view: HostView | None, live: bool) -> dict[str, Any]:
     steps = []
     for step in hp.steps:
         sv = view.steps.get(step.id) if view else None
@@ -39,6 +39,9 @@ def _host(hp: model.HostPlan, view: HostView | None) -> dict[str, Any]:
         "roles": list(hp.roles),
         "state": (view.state if view else HostState.PENDING).value,
         "drained": bool(view and view.drained),
+        # failed within the phase's budget: back at the old release, out of
+        # service, holding the next gate until retried or skipped
+        "tolerated": bool(live and view and view.state is HostState.FAILED),
         "error": view.error if view else None,
         "started_at": view.started_at if view else None,
         "finished_at": view.finished_at if view else None,
@@ -78,7 +81,8 @@ def status_document(
         batches = []
         per_batch: list[list[dict[str, Any]]] = []
         for batch in phase.batches:
-            hosts = [_host(hp, pv.hosts.get(hp.host) if pv else None) for hp in batch.hosts]
+            live = pv is not None and pv.state in (PhaseState.RUNNING, PhaseState.DONE)
+            hosts = [_host(hp, pv.hosts.get(hp.host) if pv else None, live) for hp in batch.hosts]
             for h in hosts:
                 hosts_by_state[h["state"]] += 1
                 steps_total += len(h["steps"])
@@ -139,6 +143,7 @@ def status_document(
             "hosts_by_state": dict(hosts_by_state),
         },
         "next": next_action(plan, view),
+        "skipped_hosts": dict(sorted(view.skipped.items())),
         "phases": phases,
     }
 

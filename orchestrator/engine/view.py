@@ -11,7 +11,8 @@ Event kinds and their data:
 * ``step``           {phase, host, step, state, exit?, output?, error?, previous?, via?}
 * ``gate``           {phase, index, ok, detail}
 * ``health``         {phase, host, ok, detail}
-* ``control``        {action, detail?}
+* ``control``        {action, by?, stage?, phase?, host?}: pause, resume, abort,
+  approve, rollback; retry and skip name the host and the phase it failed in
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any, Protocol
 from orchestrator.engine.states import HostState, PhaseState, StepState, UpgradeState
 
 OUTPUT_LINES = 20
+# phases whose failed hosts are still failed (not yet rolled back with the phase)
+LIVE_PHASES = frozenset({PhaseState.RUNNING, PhaseState.DONE, PhaseState.FAILED})
 
 
 class EventLike(Protocol):
@@ -106,12 +109,36 @@ class UpgradeView:
     # so a restart in between does not ask twice) until the step runs again
     awaiting_verification: str | None = None
     verified: set[str] = field(default_factory=set)
+    # host -> the phase it failed in, for hosts the operator skipped: later
+    # phases and gates leave them out, and they stay out of service
+    skipped: dict[str, str] = field(default_factory=dict)
+    # (phase, host) the operator ordered retried, until the retry starts
+    retries: set[tuple[str, str]] = field(default_factory=set)
 
     def phase(self, name: str) -> PhaseView:
         view = self.phases.get(name)
         if view is None:
             view = self.phases[name] = PhaseView(name)
         return view
+
+    def failed_in(self, host: str) -> PhaseView | None:
+        """The phase `host` failed in and that has not been rolled back."""
+        for pview in self.phases.values():
+            hv = pview.hosts.get(host)
+            if hv is not None and hv.state is HostState.FAILED and pview.state in LIVE_PHASES:
+                return pview
+        return None
+
+    def tolerated(self) -> list[HostView]:
+        """Hosts that failed within their phase's failure budget: rolled back
+        to the old release and kept out of service, until retried or skipped."""
+        return [
+            hv
+            for pview in self.phases.values()
+            if pview.state in (PhaseState.RUNNING, PhaseState.DONE)
+            for hv in pview.hosts.values()
+            if hv.state is HostState.FAILED
+        ]
 
     def apply(self, event: EventLike) -> None:
         """Fold one event in. Events must come in seq order."""
@@ -159,6 +186,9 @@ def _host_state(view: UpgradeView, data: dict[str, Any], at: float) -> None:
         host.started_at = at
     if host.state in (HostState.DONE, HostState.FAILED, HostState.ROLLED_BACK, HostState.SKIPPED):
         host.finished_at = at
+    elif host.state is HostState.PENDING:  # a retry starts
+        view.retries.discard((host.phase, host.name))
+        host.finished_at = None
 
 
 def _drain(view: UpgradeView, data: dict[str, Any], at: float) -> None:
@@ -209,6 +239,11 @@ def _control(view: UpgradeView, data: dict[str, Any], at: float) -> None:
         view.approvals.add(data["phase"])
     elif data.get("action") == "rollback":
         view.rollback_requested = True
+    elif data.get("action") == "retry":
+        view.retries.add((data["phase"], data["host"]))
+    elif data.get("action") == "skip":
+        view.skipped[data["host"]] = data["phase"]
+        view.retries.discard((data["phase"], data["host"]))
 
 
 def _tail(text: str) -> str:
