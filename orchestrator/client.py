@@ -32,6 +32,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from orchestrator import events
 from orchestrator.api.endpoint import ADDRESS_FILE, DEFAULT_LISTEN, TOKEN_FILE, default_state_dir
 from orchestrator.errors import (
     ConflictError,
@@ -277,33 +278,43 @@ async def _parse_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
 
 def describe_event(event: Mapping[str, Any]) -> str | None:
     """One plain line per event worth a line (None for the rest)."""
-    d, kind = event["data"], event["kind"]
     stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
-    reason = f": {d['reason']}" if d.get("reason") else ""
-    error = f": {d['error']}" if d.get("error") else ""
-    if kind == "upgrade.state":
-        text = f"upgrade {d['state']}{reason}"
-    elif kind == "phase.state":
-        text = f"phase {d['phase']} {d['state']}{reason}"
-    elif kind == "host.state":
-        text = f"  {d['phase']} {d['host']} {d['state']}{error}"
-    elif kind == "step":
-        exit_ = f" (exit {d['exit']})" if d.get("exit") is not None else ""
-        text = f"    {d['host']} {d['step']} {d['state']}{exit_}{error}"
-    elif kind == "preflight.host":
-        version = f" {d['version']}" if d.get("version") else ""
-        text = f"  preflight {d['host']} {d['status']}{version}{error}"
-    elif kind == "gate":
-        text = f"  gate {d['phase']}: {'passed' if d['ok'] else 'failed'} ({d['detail']})"
-    elif kind == "health" and not d.get("ok", True):
-        text = f"    {d['host']} health check failed: {d.get('detail', '')}"
-    elif kind == "drain":
-        text = f"    {d['host']} {d['action']} {d['stage']}{error}"
-    elif kind == "control":
-        text = f"control: {d['action']}"
-    else:
-        return None
-    return f"{stamp} {text}"
+    try:
+        ev = events.parse(event["kind"], event["data"])
+    except events.EventFormatError:
+        return f"{stamp} {event['kind']} (written by a newer release)"
+    text = _describe(ev)
+    return None if text is None else f"{stamp} {text}"
+
+
+def _describe(ev: events.JournalEvent | None) -> str | None:
+    why, failed = getattr(ev, "reason", None), getattr(ev, "error", None)
+    reason = f": {why}" if why else ""
+    error = f": {failed}" if failed else ""
+    match ev:
+        case events.UpgradeStateChanged():
+            return f"upgrade {ev.state}{reason}"
+        case events.PhaseStateChanged():
+            return f"phase {ev.phase} {ev.state}{reason}"
+        case events.HostStateChanged():
+            return f"  {ev.phase} {ev.host} {ev.state}{error}"
+        case events.Step():
+            exit_ = f" (exit {ev.exit})" if ev.exit is not None else ""
+            return f"    {ev.host} {ev.step} {ev.state}{exit_}{error}"
+        case events.PreflightHost():
+            version = f" {ev.version}" if ev.version else ""
+            return f"  preflight {ev.host} {ev.status}{version}{error}"
+        case events.Gate():
+            return f"  gate {ev.phase}: {'passed' if ev.ok else 'failed'} ({ev.detail})"
+        case events.Health() if not ev.ok:
+            return f"    {ev.host} health check failed: {ev.detail}"
+        case events.Drain():
+            return f"    {ev.host} {ev.action} {ev.stage}{error}"
+        case events.Control():
+            host = f" {ev.host}" if ev.host else ""
+            by = f" (by {ev.by})" if ev.by else ""
+            return f"control: {ev.action}{host}{by}"
+    return None
 
 
 def header(doc: Mapping[str, Any]) -> str:

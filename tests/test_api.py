@@ -496,7 +496,7 @@ async def test_events_stream_to_the_end_and_resume_after_last_event_id(api: Api)
     first = await read_events(api, upgrade_id, limit=5)
     assert [e[0] for e in first] == ["1", "2", "3", "4", "5"]
     assert first[0][1] == "upgrade.state"
-    assert json.loads(first[0][2])["data"] == {"state": "preflight"}
+    assert json.loads(first[0][2])["data"] == {"v": 1, "state": "preflight"}
 
     release(api.hosts)
     rest = await read_events(api, upgrade_id, last_event_id="5")

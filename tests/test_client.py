@@ -321,4 +321,4 @@ async def test_retry_and_skip_a_failed_host_from_the_cli(api: Api) -> None:
     assert (doc["state"], doc["skipped_hosts"]) == ("succeeded", {"host-2": "roll"})
     events = await api.manager.journal.events(upgrade_id)
     skip = next(e.data for e in events if e.kind == "control" and e.data["action"] == "skip")
-    assert skip == {"action": "skip", "host": "host-2", "phase": "roll", "by": "default"}
+    assert skip == {"v": 1, "action": "skip", "host": "host-2", "phase": "roll", "by": "default"}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import events
 from orchestrator.engine.manager import Upgrade
 from orchestrator.engine.states import HostState, UpgradeState
 from orchestrator.engine.status import status_document
@@ -49,8 +50,8 @@ async def test_tolerated_host_holds_the_gate_until_skipped(
         st = host_state(hosts, "host-2")
         assert (st["version"], st["drained"], "upgrade" in st["runs"]) == ("1.0", True, False)
         assert {host_state(hosts, h)["version"] for h in ("host-1", "host-3")} == {"2.0"}
-        events = await journal.events(up.id)
-        assert not [e for e in events if e.kind == "gate"]  # the gate was never asked
+        journaled = await journal.events(up.id)
+        assert not [e for e in journaled if e.kind == "gate"]  # the gate was never asked
         doc = status_document(up.id, up.plan, up.view, up.digest)
         upgrade = next(p for p in doc["phases"] if p["name"] == "upgrade")
         by_host = {h["host"]: h for b in upgrade["batches"] for h in b["hosts"]}
@@ -71,9 +72,9 @@ async def test_tolerated_host_holds_the_gate_until_skipped(
         assert "upgrade_levels" in host_state(hosts, "host-2")["conf"]  # never unpinned
         for name in ("host-1", "host-3"):
             assert "upgrade_levels" not in host_state(hosts, name)["conf"]
-        controls = [e.data for e in await journal.events(up.id) if e.kind == "control"]
-        assert {"action": "skip", "host": "host-2", "phase": "upgrade", "by": "alice"} in controls
-        assert {"action": "resume", "by": "alice"} in controls
+        controls = [events.parse(e.kind, e.data) for e in await journal.events(up.id)]
+        assert events.Control(action="skip", host="host-2", phase="upgrade", by="alice") in controls
+        assert events.Control(action="resume", by="alice") in controls
         doc = status_document(up.id, up.plan, up.view, up.digest)
         assert doc["skipped_hosts"] == {"host-2": "upgrade"}
     finally:
@@ -104,11 +105,12 @@ async def test_tolerated_host_retried_after_the_fault_is_fixed(
             assert "upgrade_levels" not in st["conf"], name
         assert host_state(hosts, "host-2")["runs"].count("upgrade") == 1
         retries = [
-            e.data
+            typed
             for e in await journal.events(up.id)
-            if e.kind == "control" and e.data["action"] == "retry"
+            if isinstance(typed := events.parse(e.kind, e.data), events.Control)
+            and typed.action == "retry"
         ]
-        assert retries == [{"action": "retry", "host": "host-2", "phase": "upgrade", "by": "bob"}]
+        assert retries == [events.Control(action="retry", host="host-2", phase="upgrade", by="bob")]
         with pytest.raises(ConflictError, match="needs a paused upgrade; this one is succeeded"):
             await manager.control_host(up.id, "retry", "host-2")
     finally:

@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+from orchestrator import events
 from orchestrator.engine.manager import UpgradeManager
 from orchestrator.engine.states import HostState, StepState, UpgradeState
 from orchestrator.engine.view import EventLike
@@ -45,21 +46,20 @@ class Metrics:
 
     def observe(self, upgrade_id: str, event: EventLike) -> None:
         self.events += 1
-        data = event.data
-        if event.kind == "step":
-            key = (upgrade_id, data["phase"], data["host"], data["step"])
-            state = data.get("state")
-            if state == StepState.RUNNING.value:
+        typed = events.parse(event.kind, event.data)
+        if isinstance(typed, events.Step):
+            key = (upgrade_id, typed.phase, typed.host, typed.step)
+            if typed.state == StepState.RUNNING.value:
                 self._running[key] = event.at
-            elif state in (StepState.DONE.value, StepState.FAILED.value):
+            elif typed.state in (StepState.DONE.value, StepState.FAILED.value):
                 started = self._running.pop(key, None)
                 if started is not None:
-                    outcome = "ok" if state == StepState.DONE.value else "failed"
+                    outcome = "ok" if typed.state == StepState.DONE.value else "failed"
                     self.steps.setdefault(outcome, Histogram()).observe(
                         max(0.0, event.at - started)
                     )
-        elif event.kind == "health" and not data.get("ok", True):
-            self.health_failures[str(data.get("phase", ""))] += 1
+        elif isinstance(typed, events.Health) and not typed.ok:
+            self.health_failures[typed.phase] += 1
 
     def render(self, manager: UpgradeManager) -> str:
         lines: list[str] = []

@@ -10,21 +10,61 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import structlog
 
-from orchestrator import model
+from orchestrator import events, model
 from orchestrator.actions.config import apply_config, read_previous
-from orchestrator.actions.drain import DrainError
+from orchestrator.actions.drain import Drainer, DrainError
+from orchestrator.actions.health import Checker
+from orchestrator.actions.remote import Remote
 from orchestrator.actions.run import run_action
-from orchestrator.engine.states import HostState, StepState, UpgradeState
+from orchestrator.engine.states import (
+    CLEANUP_TRANSITIONS,
+    STEP_TRANSITIONS,
+    HostState,
+    StepState,
+    UpgradeState,
+    check_transition,
+)
+from orchestrator.engine.view import UpgradeView
 from orchestrator.errors import OrchestratorError, StepFailed, TransportError
-
-if TYPE_CHECKING:
-    from orchestrator.engine.runner import Engine
+from orchestrator.secrets import SecretStore
 
 log = structlog.get_logger("orchestrator.engine")
+
+
+class HostEngine(Protocol):
+    """What a host's procedure needs from the engine: its tools, the journal,
+    the checkpoints. `Engine` is one; the host procedure never sees the rest."""
+
+    plan: model.Plan
+    view: UpgradeView
+    remote: Remote
+    drainer: Drainer
+    checker: Checker
+    secrets: SecretStore
+    sleep: Callable[[float], Awaitable[None]]
+
+    async def record(self, event: events.JournalEvent) -> None: ...
+
+    async def set_host(
+        self, phase: str, host: str, state: HostState, error: str | None = None
+    ) -> None: ...
+
+    async def checkpoint(self) -> None: ...
+
+    async def pause_for(self, reason: str, *, verify_step: str | None = None) -> None: ...
+
+    def at_target(self, host: str, plan: model.HostPlan) -> bool: ...
+
+    def metrics_step(self, step: model.Step, seconds: float, ok: bool) -> None: ...
+
+    def metrics_health_failure(self, phase: str, host: str) -> None: ...
+
+    async def fatal(self, reason: str) -> None: ...
 
 
 class Stop(Exception):
@@ -40,11 +80,12 @@ HOST_FAULTS = (StepFailed, DrainError, TransportError)
 
 
 class HostRunner:
-    def __init__(self, engine: Engine, phase: model.Phase, plan: model.HostPlan) -> None:
+    def __init__(self, engine: HostEngine, phase: model.Phase, plan: model.HostPlan) -> None:
         self.engine = engine
         self.phase = phase
         self.plan = plan
         self.view = engine.view.phase(phase.name).host(plan.host)
+        self._cleanup_ids = frozenset(step.id for step in plan.cleanup)
 
     @property
     def name(self) -> str:
@@ -52,6 +93,32 @@ class HostRunner:
 
     async def set(self, state: HostState, error: str | None = None) -> None:
         await self.engine.set_host(self.phase.name, self.name, state, error)
+
+    async def step_event(self, step: str, state: StepState, **fields: Any) -> None:
+        """Journal a step's change of state, checked against its table first."""
+        view = self.view.steps.get(step)
+        current = StepState.PENDING if view is None else view.state
+        table = CLEANUP_TRANSITIONS if step in self._cleanup_ids else STEP_TRANSITIONS
+        check_transition(table, f"step {step} on {self.name}", current, state)
+        await self.engine.record(
+            events.Step(
+                phase=self.phase.name, host=self.name, step=step, state=state.value, **fields
+            )
+        )
+
+    async def drain_event(
+        self, action: str, stage: str, index: int, detail: str | None = None
+    ) -> None:
+        await self.engine.record(
+            events.Drain(
+                phase=self.phase.name,
+                host=self.name,
+                action=action,
+                stage=stage,
+                index=index,
+                detail=detail,
+            )
+        )
 
     async def run(self) -> bool | None:
         """True when the host ended done or skipped; False when it failed (and
@@ -95,24 +162,9 @@ class HostRunner:
             if view.state is HostState.PENDING:
                 await self.set(HostState.DRAINING)
             for index, drain in enumerate(self.plan.drains):
-                await engine.emit(
-                    "drain",
-                    phase=self.phase.name,
-                    host=self.name,
-                    action="drain",
-                    stage="start",
-                    index=index,
-                )
+                await self.drain_event("drain", "start", index)
                 detail = await engine.drainer.drain(self.name, drain)
-                await engine.emit(
-                    "drain",
-                    phase=self.phase.name,
-                    host=self.name,
-                    action="drain",
-                    stage="done",
-                    index=index,
-                    detail=detail,
-                )
+                await self.drain_event("drain", "done", index, detail)
         if view.state in (HostState.PENDING, HostState.DRAINING):
             await self.set(HostState.UPGRADING)
         if view.state is HostState.UPGRADING:
@@ -148,8 +200,8 @@ class HostRunner:
             sleep=engine.sleep,
             on_result=report,
         )
-        await engine.emit(
-            "health", phase=self.phase.name, host=self.name, ok=result.ok, detail=result.detail
+        await engine.record(
+            events.Health(phase=self.phase.name, host=self.name, ok=result.ok, detail=result.detail)
         )
         if not result.ok:
             raise StepFailed(self.name, "health", result.detail)
@@ -170,15 +222,7 @@ class HostRunner:
         if step.check is not None:
             result = await engine.remote.run(self.name, step.check, become=step.become)
             if result.exit_status == 0:
-                await engine.emit(
-                    "step",
-                    phase=self.phase.name,
-                    host=self.name,
-                    step=step.id,
-                    state="done",
-                    via="check",
-                    output=result.output,
-                )
+                await self.step_event(step.id, StepState.DONE, via="check", output=result.output)
                 return True
             return False
         if step.idempotent or step.id in engine.view.verified:
@@ -193,7 +237,6 @@ class HostRunner:
 
     async def _execute(self, step: model.Step) -> None:
         engine, action = self.engine, step.action
-        base = {"phase": self.phase.name, "host": self.name, "step": step.id}
         if isinstance(action, model.ConfigAction):
             view = self.view.steps.get(step.id)
             if view is not None and view.had_previous:
@@ -202,21 +245,21 @@ class HostRunner:
                 previous = engine.secrets.remarker(
                     await read_previous(engine.remote, self.name, action)
                 )
-            await engine.emit("step", **base, state="running", previous=previous)
+            await self.step_event(step.id, StepState.RUNNING, previous=previous, had_previous=True)
             value = (
                 None
                 if action.value is None
                 else engine.secrets.substitute(action.value, shell=False)
             )
             changed = await apply_config(engine.remote, self.name, action, value)
-            await engine.emit(
-                "step", **base, state="done", output="changed" if changed else "unchanged"
+            await self.step_event(
+                step.id, StepState.DONE, output="changed" if changed else "unchanged"
             )
             return
-        await engine.emit("step", **base, state="running")
+        await self.step_event(step.id, StepState.RUNNING)
         if isinstance(action, model.WaitAction):
             await engine.sleep(action.seconds)
-            await engine.emit("step", **base, state="done")
+            await self.step_event(step.id, StepState.DONE)
             return
         started = time.monotonic()
         try:
@@ -224,20 +267,19 @@ class HostRunner:
                 engine.remote, self.name, action, become=step.become, sleep=engine.sleep
             )
         except TransportError as exc:
-            await engine.emit(
-                "step", **base, state="failed", error=f"{exc.reason}; the command may have run"
+            await self.step_event(
+                step.id, StepState.FAILED, error=f"{exc.reason}; the command may have run"
             )
             raise
         engine.metrics_step(step, time.monotonic() - started, outcome.ok)
         if outcome.ok:
-            await engine.emit(
-                "step", **base, state="done", exit=outcome.exit_status, output=outcome.output
+            await self.step_event(
+                step.id, StepState.DONE, exit=outcome.exit_status, output=outcome.output
             )
             return
-        await engine.emit(
-            "step",
-            **base,
-            state="failed",
+        await self.step_event(
+            step.id,
+            StepState.FAILED,
             exit=outcome.exit_status,
             output=outcome.output,
             error=outcome.reason,
@@ -249,24 +291,9 @@ class HostRunner:
     async def _undrain(self) -> None:
         engine = self.engine
         for index, drain in reversed(list(enumerate(self.plan.drains))):
-            await engine.emit(
-                "drain",
-                phase=self.phase.name,
-                host=self.name,
-                action="undrain",
-                stage="start",
-                index=index,
-            )
+            await self.drain_event("undrain", "start", index)
             detail = await engine.drainer.undrain(self.name, drain)
-            await engine.emit(
-                "drain",
-                phase=self.phase.name,
-                host=self.name,
-                action="undrain",
-                stage="done",
-                index=index,
-                detail=detail,
-            )
+            await self.drain_event("undrain", "done", index, detail)
 
     async def _fail(self, error: str, *, keep_drained: bool = False) -> None:
         """Undo this host's steps newest first, undrain unless `keep_drained`,
@@ -294,23 +321,9 @@ class HostRunner:
         ]
         if needs and self.plan.drains and not self.view.drained:
             for index, drain in enumerate(self.plan.drains):
-                await engine.emit(
-                    "drain",
-                    phase=self.phase.name,
-                    host=self.name,
-                    action="drain",
-                    stage="start",
-                    index=index,
-                )
+                await self.drain_event("drain", "start", index)
                 await engine.drainer.drain(self.name, drain)
-                await engine.emit(
-                    "drain",
-                    phase=self.phase.name,
-                    host=self.name,
-                    action="drain",
-                    stage="done",
-                    index=index,
-                )
+                await self.drain_event("drain", "done", index)
         for step in reversed(needs):
             await self._undo_step(step)
         if self.view.drained and not keep_drained:
@@ -319,10 +332,9 @@ class HostRunner:
     async def _undo_step(self, step: model.Step) -> None:
         engine = self.engine
         view = self.view.step(step.id)
-        base = {"phase": self.phase.name, "host": self.name, "step": step.id}
         action = step.action
         with structlog.contextvars.bound_contextvars(step=step.id):
-            await engine.emit("step", **base, state="undoing")
+            await self.step_event(step.id, StepState.UNDOING)
             if isinstance(action, model.ConfigAction):
                 if view.had_previous:
                     previous = view.previous
@@ -332,19 +344,18 @@ class HostRunner:
                         else engine.secrets.substitute(previous, shell=False)
                     )
                     await apply_config(engine.remote, self.name, action, value)
-                await engine.emit("step", **base, state="undone")
+                await self.step_event(step.id, StepState.UNDONE)
                 return
             if step.undo is None:
-                await engine.emit("step", **base, state="undone", output="no undo declared")
+                await self.step_event(step.id, StepState.UNDONE, output="no undo declared")
                 return
             outcome = await run_action(
                 engine.remote, self.name, step.undo, become=step.become, sleep=engine.sleep
             )
             if not outcome.ok:
-                await engine.emit(
-                    "step",
-                    **base,
-                    state="failed",
+                await self.step_event(
+                    step.id,
+                    StepState.FAILED,
                     exit=outcome.exit_status,
                     output=outcome.output,
                     error=f"undo: {outcome.reason}",
@@ -356,8 +367,8 @@ class HostRunner:
                     outcome.exit_status,
                     outcome.output,
                 )
-            await engine.emit(
-                "step", **base, state="undone", exit=outcome.exit_status, output=outcome.output
+            await self.step_event(
+                step.id, StepState.UNDONE, exit=outcome.exit_status, output=outcome.output
             )
 
     async def _cleanup(self) -> None:
@@ -366,9 +377,8 @@ class HostRunner:
         for step in self.plan.cleanup:
             if not isinstance(step.action, model.RunAction):
                 continue
-            base = {"phase": self.phase.name, "host": self.name, "step": step.id}
             try:
-                await engine.emit("step", **base, state="running")
+                await self.step_event(step.id, StepState.RUNNING)
                 outcome = await asyncio.shield(
                     run_action(
                         engine.remote,
@@ -378,10 +388,9 @@ class HostRunner:
                         sleep=engine.sleep,
                     )
                 )
-                await engine.emit(
-                    "step",
-                    **base,
-                    state="done" if outcome.ok else "failed",
+                await self.step_event(
+                    step.id,
+                    StepState.DONE if outcome.ok else StepState.FAILED,
                     exit=outcome.exit_status,
                     output=outcome.output,
                 )

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 
-from orchestrator import model
+from orchestrator import events, model
 from orchestrator.actions.drain import Drainer, RuntimeAPI
 from orchestrator.actions.health import Checker
 from orchestrator.actions.remote import Remote
@@ -91,20 +91,17 @@ class Engine:
 
     # --- journal and state ---------------------------------------------------
 
-    async def emit(self, kind: str, **data: Any) -> None:
-        await self.record(kind, data)
-
-    async def record(self, kind: str, data: dict[str, Any], *, release: bool = False) -> None:
+    async def record(self, event: events.JournalEvent, *, release: bool = False) -> None:
         """Journal an event and fold it in; `release` ends the host leases with it.
 
         Nothing happens on a host before the event announcing it is on disk,
         so while the journal cannot write (retried by `journal_policy`) the
         upgrade stalls here: visible in the status, the event stream and
         /healthz, until the operator, space freed, resumes it."""
-        event = await self._append(kind, data, release)
-        self.view.apply(event)
+        stored = await self._append(event.KIND, event.to_data(), release)
+        self.view.apply(stored, event)
         if self.on_event is not None:
-            self.on_event(event)
+            self.on_event(stored)
         self._changed.set()
 
     async def _append(self, kind: str, data: dict[str, Any], release: bool) -> Any:
@@ -140,24 +137,35 @@ class Engine:
             )
 
     async def set_upgrade(
-        self, state: UpgradeState, reason: str | None = None, **extra: Any
+        self, state: UpgradeState, reason: str | None = None, *, verify_step: str | None = None
     ) -> None:
         if self.view.state is state:
             return
         check_transition(UPGRADE_TRANSITIONS, f"upgrade {self.id}", self.view.state, state)
-        data: dict[str, Any] = {"state": state.label, **extra}
-        if reason:
-            data["reason"] = reason
+        event = events.UpgradeStateChanged(
+            state=state.label, reason=reason or None, verify_step=verify_step
+        )
         # an end state releases the hosts in the same commit
-        await self.record("upgrade.state", data, release=state.terminal)
+        await self.record(event, release=state.terminal)
         log.info("upgrade state", state=state.label, reason=reason)
 
-    async def set_phase(self, name: str, state: PhaseState, **extra: Any) -> None:
+    async def set_phase(
+        self,
+        name: str,
+        state: PhaseState,
+        *,
+        reason: str | None = None,
+        irreversible: bool | None = None,
+    ) -> None:
         current = self.view.phase(name).state
         if current is state:
             return
         check_transition(PHASE_TRANSITIONS, f"phase {name}", current, state)
-        await self.emit("phase.state", phase=name, state=state.value, **extra)
+        await self.record(
+            events.PhaseStateChanged(
+                phase=name, state=state.value, reason=reason, irreversible=irreversible
+            )
+        )
 
     async def set_host(
         self, phase: str, host: str, state: HostState, error: str | None = None
@@ -166,10 +174,9 @@ class Engine:
         if current is state:
             return
         check_transition(HOST_TRANSITIONS, f"host {host} in {phase}", current, state)
-        data: dict[str, Any] = {"phase": phase, "host": host, "state": state.value}
-        if error is not None:
-            data["error"] = error
-        await self.emit("host.state", **data)
+        await self.record(
+            events.HostStateChanged(phase=phase, host=host, state=state.value, error=error)
+        )
 
     # --- metrics hooks (read by the daemon) -----------------------------------
 
@@ -197,8 +204,7 @@ class Engine:
         """Pause for the operator; with `verify_step`, the resume that follows
         is journaled as that step's verification by hand."""
         if self.view.state in (U.RUNNING, U.PREFLIGHT):
-            extra = {"verify_step": verify_step} if verify_step else {}
-            await self.set_upgrade(U.PAUSED, reason, **extra)
+            await self.set_upgrade(U.PAUSED, reason, verify_step=verify_step)
 
     async def pause(self, by: str | None = None) -> None:
         self._refuse_while_stalled()
@@ -208,7 +214,7 @@ class Engine:
             raise ConflictError(f"cannot pause an upgrade that is {self.view.state.label}")
         self._pausing = True
         try:
-            await self.emit("control", action="pause", **_by(by))
+            await self.record(events.Control(action="pause", by=by))
             await self.set_upgrade(U.PAUSED, "paused by the operator")
         finally:
             self._pausing = False
@@ -220,7 +226,7 @@ class Engine:
             return
         if self.view.state is not U.PAUSED:
             raise ConflictError(f"cannot resume an upgrade that is {self.view.state.label}")
-        await self.emit("control", action="resume", **_by(by))
+        await self.record(events.Control(action="resume", by=by))
         await self.set_upgrade(U.RUNNING)
 
     async def approve(self, by: str | None = None) -> None:
@@ -233,7 +239,7 @@ class Engine:
             (p for p, v in self.view.phases.items() if v.state is PhaseState.WAITING_APPROVAL),
             None,
         )
-        await self.emit("control", action="approve", phase=phase, **_by(by))
+        await self.record(events.Control(action="approve", phase=phase, by=by))
         await self.set_upgrade(U.RUNNING)
 
     async def abort(self, by: str | None = None) -> None:
@@ -243,7 +249,7 @@ class Engine:
             raise ConflictError(f"the upgrade is already {self.view.state.label}")
         self._abort_orders += 1
         stage = self._abort_orders
-        await self.emit("control", action="abort", stage=stage, **_by(by))
+        await self.record(events.Control(action="abort", stage=stage, by=by))
         if stage == 1 and self.view.state is not U.ROLLING_BACK:
             await self.set_upgrade(U.ABORTING, "aborted by the operator")
         # only now may a checkpoint stop the run: it ends in ABORTED, which
@@ -264,7 +270,7 @@ class Engine:
 
     async def rollback(self, by: str | None = None) -> None:
         self.check_rollback()
-        await self.emit("control", action="rollback", **_by(by))
+        await self.record(events.Control(action="rollback", by=by))
         self._rollback = True
         await self.set_upgrade(U.ROLLING_BACK, "rollback ordered by the operator")
         if self._task is None or self._task.done():
@@ -287,14 +293,14 @@ class Engine:
     async def retry(self, host: str, by: str | None = None) -> None:
         """Run a failed host's phase procedure again when the upgrade resumes."""
         phase = self._failed_host("retry", host)
-        await self.emit("control", action="retry", host=host, phase=phase, **_by(by))
+        await self.record(events.Control(action="retry", host=host, phase=phase, by=by))
 
     async def skip(self, host: str, by: str | None = None) -> None:
         """Leave a failed host behind: rolled back, out of service, out of the
         later phases and gates; the upgrade may then pass its gates."""
         phase = self._failed_host("skip", host)
         error = self.view.phase(phase).host(host).error
-        await self.emit("control", action="skip", host=host, phase=phase, **_by(by))
+        await self.record(events.Control(action="skip", host=host, phase=phase, by=by))
         why = f"skipped by {by or 'the operator'}"
         await self.set_host(phase, host, HostState.SKIPPED, f"{why} after: {error}")
 
@@ -383,7 +389,9 @@ class Engine:
                     await self.remote.connect(host.name)
             except TransportError as exc:
                 problems.append(f"{host.name}: {exc.reason}")
-                await self.emit("preflight.host", host=host.name, status="error", error=exc.reason)
+                await self.record(
+                    events.PreflightHost(host=host.name, status="error", error=exc.reason)
+                )
                 return
             probe = probes.get(host.name)
             version = None if probe is None else await self.checker.version(host.name, probe)
@@ -397,7 +405,7 @@ class Engine:
                     f"{host.name}: reports version {probe.describe(version)}, neither "
                     f"{self.plan.from_version} nor {self.plan.to_version}"
                 )
-            await self.emit("preflight.host", host=host.name, status=status, version=version)
+            await self.record(events.PreflightHost(host=host.name, status=status, version=version))
 
         async with asyncio.TaskGroup() as group:
             for target in self.plan.hosts:
@@ -543,7 +551,7 @@ class Engine:
                 said = [line for line in result.output.splitlines() if line.strip()]
                 if said and not ok:
                     detail += f": {said[-1][:300]}"
-            await self.emit("gate", phase=phase.name, index=index, ok=ok, detail=detail)
+            await self.record(events.Gate(phase=phase.name, index=index, ok=ok, detail=detail))
             if not ok:
                 return False, detail
         return True, "ok"
@@ -637,8 +645,3 @@ class Engine:
                 if self.view.state is not U.ABORTING:
                     await self.set_upgrade(U.ABORTING, "cancelled")
                 await self.set_upgrade(U.ABORTED, "cancelled by a second abort")
-
-
-def _by(who: str | None) -> dict[str, str]:
-    """Who ordered a control action, for its journal event."""
-    return {} if who is None else {"by": who}

@@ -77,19 +77,45 @@ class HostState(Enum):
 
 
 H = HostState
-HOST_TRANSITIONS: dict[HostState, frozenset[HostState]] = {
-    H.PENDING: frozenset({H.DRAINING, H.UPGRADING, H.SKIPPED}),
-    H.DRAINING: frozenset({H.UPGRADING, H.ROLLING_BACK}),
-    H.UPGRADING: frozenset({H.CHECKING, H.UNDRAINING, H.DONE, H.ROLLING_BACK}),
-    H.CHECKING: frozenset({H.UNDRAINING, H.DONE, H.ROLLING_BACK}),
-    H.UNDRAINING: frozenset({H.DONE, H.ROLLING_BACK}),
-    H.DONE: frozenset({H.ROLLING_BACK}),
+# The host procedure: for each state, the states it may go to and what the
+# engine does on that edge (`HostRunner` walks it; resume re-enters it at the
+# journal's state, through the same checks).
+HOST_EDGES: dict[HostState, dict[HostState, str]] = {
+    H.PENDING: {
+        H.DRAINING: "take the host out of service",
+        H.UPGRADING: "run the steps (the phase does not drain)",
+        H.SKIPPED: "nothing: at the target already, or skipped by the operator",
+    },
+    H.DRAINING: {H.UPGRADING: "run the steps", H.ROLLING_BACK: "undo, the drain failed"},
+    H.UPGRADING: {
+        H.CHECKING: "health-check and probe the version",
+        H.UNDRAINING: "put the host back in service",
+        H.DONE: "nothing left",
+        H.ROLLING_BACK: "undo the steps that ran, newest first",
+    },
+    H.CHECKING: {
+        H.UNDRAINING: "put the host back in service",
+        H.DONE: "nothing left",
+        H.ROLLING_BACK: "undo the steps, the check failed",
+    },
+    H.UNDRAINING: {H.DONE: "nothing left", H.ROLLING_BACK: "undo, the undrain failed"},
+    H.DONE: {H.ROLLING_BACK: "fleet rollback: undo the steps"},
     # a host the operator skipped after it failed is still drained: rollback undrains it
-    H.SKIPPED: frozenset({H.ROLLING_BACK}),
-    H.ROLLING_BACK: frozenset({H.ROLLED_BACK, H.FAILED}),
+    H.SKIPPED: {H.ROLLING_BACK: "fleet rollback: put it back in service"},
+    H.ROLLING_BACK: {
+        H.ROLLED_BACK: "nothing: undone and back in service",
+        H.FAILED: "keep it out of service (its undo failed, or it failed in the budget)",
+    },
     # a failed host is rolled back when the whole upgrade is, or retried on resume
-    H.FAILED: frozenset({H.ROLLING_BACK, H.PENDING, H.SKIPPED}),
-    H.ROLLED_BACK: frozenset({H.FAILED, H.PENDING}),
+    H.FAILED: {
+        H.ROLLING_BACK: "fleet rollback: undo what is left, undrain",
+        H.PENDING: "retry: the phase procedure again",
+        H.SKIPPED: "the operator leaves it behind",
+    },
+    H.ROLLED_BACK: {H.FAILED: "record why", H.PENDING: "retry: the phase procedure again"},
+}
+HOST_TRANSITIONS: dict[HostState, frozenset[HostState]] = {
+    state: frozenset(edges) for state, edges in HOST_EDGES.items()
 }
 
 
@@ -127,14 +153,36 @@ class StepState(Enum):
 
 
 S = StepState
+# A step's life, with what the engine does on each edge.
+STEP_EDGES: dict[StepState, dict[StepState, str]] = {
+    S.PENDING: {S.RUNNING: "run it"},
+    S.RUNNING: {
+        # after a crash: its check said not done, or it is idempotent, or verified by hand
+        S.RUNNING: "run it again",
+        S.DONE: "record its output (or its check passed after a crash)",
+        S.FAILED: "record why; the host fails",
+        S.UNDOING: "undo it: it may have run",
+    },
+    S.DONE: {S.UNDOING: "run its undo (or restore the config value)"},
+    S.FAILED: {S.RUNNING: "run it again (phase retried)", S.UNDOING: "undo it: it may have run"},
+    S.UNDOING: {
+        S.UNDOING: "undo again after a crash",
+        S.UNDONE: "nothing",
+        S.FAILED: "record why; the rollback is incomplete",
+    },
+    S.UNDONE: {S.RUNNING: "run it again (host or phase retried)"},
+}
 STEP_TRANSITIONS: dict[StepState, frozenset[StepState]] = {
+    state: frozenset(edges) for state, edges in STEP_EDGES.items()
+}
+# cleanup steps run on every attempt of their host, whatever happened before
+CLEANUP_TRANSITIONS: dict[StepState, frozenset[StepState]] = {
     S.PENDING: frozenset({S.RUNNING}),
-    # RUNNING -> RUNNING: re-run after a crash (idempotent, or check said not done)
-    S.RUNNING: frozenset({S.RUNNING, S.DONE, S.FAILED, S.UNDOING}),
-    S.DONE: frozenset({S.UNDOING}),
-    S.FAILED: frozenset({S.RUNNING, S.UNDOING}),
-    S.UNDOING: frozenset({S.UNDOING, S.UNDONE, S.FAILED}),
-    S.UNDONE: frozenset({S.RUNNING}),
+    S.RUNNING: frozenset({S.RUNNING, S.DONE, S.FAILED}),
+    S.DONE: frozenset({S.RUNNING}),
+    S.FAILED: frozenset({S.RUNNING}),
+    S.UNDOING: frozenset(),
+    S.UNDONE: frozenset(),
 }
 
 E = TypeVar("E", bound=Enum)
@@ -143,6 +191,11 @@ E = TypeVar("E", bound=Enum)
 def check_transition(table: dict[E, frozenset[E]], what: str, current: E, target: E) -> None:
     if target not in table[current]:
         raise InvalidTransition(what, _label(current), _label(target))
+
+
+def edge_action(table: dict[E, dict[E, str]], current: E, target: E) -> str:
+    """What the engine does on an allowed edge (for the log)."""
+    return table[current].get(target, "")
 
 
 def _label(state: Enum) -> str:

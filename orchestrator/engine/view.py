@@ -1,18 +1,7 @@
 """Upgrade state derived from journal events: the one fold both the engine (to
 resume) and the HTTP status (to show) use. Nothing here does I/O.
 
-Event kinds and their data:
-
-* ``upgrade.state``  {state, reason?, verify_step?}
-* ``preflight.host`` {host, status: ready|at_target|error, version?, error?}
-* ``phase.state``    {phase, state, reason?}
-* ``host.state``     {phase, host, state, error?}
-* ``drain``          {phase, host, action: drain|undrain, stage: start|done|failed, error?}
-* ``step``           {phase, host, step, state, exit?, output?, error?, previous?, via?}
-* ``gate``           {phase, index, ok, detail}
-* ``health``         {phase, host, ok, detail}
-* ``control``        {action, by?, stage?, phase?, host?}: pause, resume, abort,
-  approve, rollback; retry and skip name the host and the phase it failed in
+The event kinds and their fields are the typed values in `orchestrator.events`.
 """
 
 from __future__ import annotations
@@ -20,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from orchestrator import events
 from orchestrator.engine.states import HostState, PhaseState, StepState, UpgradeState
 
 OUTPUT_LINES = 20
@@ -140,48 +130,58 @@ class UpgradeView:
             if hv.state is HostState.FAILED
         ]
 
-    def apply(self, event: EventLike) -> None:
-        """Fold one event in. Events must come in seq order."""
+    def apply(self, event: EventLike, typed: events.JournalEvent | None = None) -> None:
+        """Fold one journal event in (`typed`: its parsed form, when the caller
+        has it). Events must come in seq order."""
         if event.seq <= self.last_seq:
             return
         self.last_seq = event.seq
         if self.created_at is None:
             self.created_at = event.at
         self.updated_at = event.at
-        handler = _HANDLERS.get(event.kind)
-        if handler is not None:
-            handler(self, event.data, event.at)
+        if typed is None:
+            typed = events.parse(event.kind, event.data)
+        at = event.at
+        match typed:
+            case events.UpgradeStateChanged():
+                self.state = UpgradeState.parse(typed.state)
+                self.reason = typed.reason
+                if typed.verify_step:
+                    self.awaiting_verification = typed.verify_step
+            case events.PreflightHost():
+                self.preflight[typed.host] = typed.to_data()
+            case events.PhaseStateChanged():
+                _phase_state(self, typed, at)
+            case events.HostStateChanged():
+                _host_state(self, typed, at)
+            case events.Drain():
+                _drain(self, typed)
+            case events.Step():
+                _step(self, typed, at)
+            case events.Control():
+                _control(self, typed)
+            case _:
+                pass  # gates, health results: in the journal, not in the state
 
 
-def _upgrade_state(view: UpgradeView, data: dict[str, Any], at: float) -> None:
-    view.state = UpgradeState.parse(data["state"])
-    view.reason = data.get("reason")
-    if data.get("verify_step"):
-        view.awaiting_verification = data["verify_step"]
-
-
-def _preflight(view: UpgradeView, data: dict[str, Any], at: float) -> None:
-    view.preflight[data["host"]] = dict(data)
-
-
-def _phase_state(view: UpgradeView, data: dict[str, Any], at: float) -> None:
-    phase = view.phase(data["phase"])
-    phase.state = PhaseState(data["state"])
-    if "reason" in data:  # kept through rollback: why the phase failed stays visible
-        phase.reason = data["reason"]
+def _phase_state(view: UpgradeView, ev: events.PhaseStateChanged, at: float) -> None:
+    phase = view.phase(ev.phase)
+    phase.state = PhaseState(ev.state)
+    if ev.reason is not None:  # kept through rollback: why the phase failed stays visible
+        phase.reason = ev.reason
     if phase.state is PhaseState.RUNNING and phase.started_at is None:
         phase.started_at = at
     if phase.state in (PhaseState.DONE, PhaseState.FAILED, PhaseState.ROLLED_BACK):
         phase.finished_at = at
-    if data.get("irreversible") and phase.state in (PhaseState.RUNNING, PhaseState.DONE):
+    if ev.irreversible and phase.state in (PhaseState.RUNNING, PhaseState.DONE):
         view.irreversible_done = phase.name
 
 
-def _host_state(view: UpgradeView, data: dict[str, Any], at: float) -> None:
-    host = view.phase(data["phase"]).host(data["host"])
-    host.state = HostState(data["state"])
-    if "error" in data:
-        host.error = data["error"]
+def _host_state(view: UpgradeView, ev: events.HostStateChanged, at: float) -> None:
+    host = view.phase(ev.phase).host(ev.host)
+    host.state = HostState(ev.state)
+    if ev.error is not None:
+        host.error = ev.error
     if host.started_at is None and host.state is not HostState.PENDING:
         host.started_at = at
     if host.state in (HostState.DONE, HostState.FAILED, HostState.ROLLED_BACK, HostState.SKIPPED):
@@ -191,72 +191,61 @@ def _host_state(view: UpgradeView, data: dict[str, Any], at: float) -> None:
         host.finished_at = None
 
 
-def _drain(view: UpgradeView, data: dict[str, Any], at: float) -> None:
+def _drain(view: UpgradeView, ev: events.Drain) -> None:
     """A host counts as drained from the moment draining *starts* (a crash or a
     failure half-way must still undrain it) until an undrain is done."""
-    host = view.phase(data["phase"]).host(data["host"])
-    if data["action"] == "drain":
+    host = view.phase(ev.phase).host(ev.host)
+    if ev.action == "drain":
         host.drained = True
-        host.draining = data["stage"] == "start"
-    elif data["stage"] == "done":
+        host.draining = ev.stage == "start"
+    elif ev.stage == "done":
         host.drained = False
 
 
-def _step(view: UpgradeView, data: dict[str, Any], at: float) -> None:
-    host = view.phase(data["phase"]).host(data["host"])
-    step = host.step(data["step"])
-    state = StepState(data["state"])
+def _step(view: UpgradeView, ev: events.Step, at: float) -> None:
+    host = view.phase(ev.phase).host(ev.host)
+    step = host.step(ev.step)
+    state = StepState(ev.state)
     step.state = state
     if state is StepState.RUNNING:
-        view.verified.discard(data["step"])  # a new run is a new uncertainty
+        view.verified.discard(ev.step)  # a new run is a new uncertainty
         step.attempts += 1
         step.started_at = at
         step.finished_at = None
         step.error = None
-    if "previous" in data:
+    if ev.had_previous:
         step.had_previous = True
-        step.previous = data["previous"]
-    if "exit" in data:
-        step.exit = data["exit"]
-    if "output" in data:
-        step.output = _tail(data["output"])
-    if "error" in data:
-        step.error = data["error"]
+        step.previous = ev.previous
+    if ev.exit is not None:
+        step.exit = ev.exit
+    if ev.output is not None:
+        step.output = _tail(ev.output)
+    if ev.error is not None:
+        step.error = ev.error
     if state in (StepState.DONE, StepState.FAILED, StepState.UNDONE):
         step.finished_at = at
-    key = (data["phase"], data["host"], data["step"])
+    key = (ev.phase, ev.host, ev.step)
     if state is StepState.DONE:
         view.completed.append(key)
     elif state is StepState.UNDONE and key in view.completed:
         view.completed.remove(key)
 
 
-def _control(view: UpgradeView, data: dict[str, Any], at: float) -> None:
-    if data.get("action") == "resume" and view.awaiting_verification is not None:
+def _control(view: UpgradeView, ev: events.Control) -> None:
+    if ev.action == "resume" and view.awaiting_verification is not None:
         view.verified.add(view.awaiting_verification)
         view.awaiting_verification = None
-    elif data.get("action") == "approve" and data.get("phase"):
-        view.approvals.add(data["phase"])
-    elif data.get("action") == "rollback":
+    elif ev.action == "approve" and ev.phase:
+        view.approvals.add(ev.phase)
+    elif ev.action == "rollback":
         view.rollback_requested = True
-    elif data.get("action") == "retry":
-        view.retries.add((data["phase"], data["host"]))
-    elif data.get("action") == "skip":
-        view.skipped[data["host"]] = data["phase"]
-        view.retries.discard((data["phase"], data["host"]))
+    elif ev.action == "retry" and ev.phase and ev.host:
+        view.retries.add((ev.phase, ev.host))
+    elif ev.action == "skip" and ev.phase and ev.host:
+        view.skipped[ev.host] = ev.phase
+        view.retries.discard((ev.phase, ev.host))
 
 
 def _tail(text: str) -> str:
     lines = text.splitlines()
     return "\n".join(lines[-OUTPUT_LINES:])
-
-
-_HANDLERS = {
-    "upgrade.state": _upgrade_state,
-    "preflight.host": _preflight,
-    "phase.state": _phase_state,
-    "host.state": _host_state,
-    "drain": _drain,
-    "step": _step,
-    "control": _control,
-}
