@@ -339,7 +339,7 @@ async def test_preflight_bounds_the_handshakes_in_flight(
     would stall the daemon's event loop (its status API) for its whole length."""
     hosts = await make_ssh_hosts(6)
     seed(hosts)
-    monkeypatch.setattr("orchestrator.engine.runner.PREFLIGHT_CONCURRENCY", 2)
+    monkeypatch.setattr("orchestrator.engine.preflight.PREFLIGHT_CONCURRENCY", 2)
     in_flight, most = 0, 0
     connect = SSHPool.connect
 

@@ -181,7 +181,7 @@ class HostRunner:
         ):
             if view.state is HostState.UPGRADING:
                 await self.set(HostState.UNDRAINING)
-            await self._undrain()
+            await self.undrain()
             await self.set(HostState.DONE)
         elif view.state is HostState.UPGRADING:
             await self.set(HostState.DONE)
@@ -288,7 +288,7 @@ class HostRunner:
             self.name, step.id, outcome.reason or "failed", outcome.exit_status, outcome.output
         )
 
-    async def _undrain(self) -> None:
+    async def undrain(self) -> None:
         engine = self.engine
         for index, drain in reversed(list(enumerate(self.plan.drains))):
             await self.drain_event("undrain", "start", index)
@@ -327,7 +327,7 @@ class HostRunner:
         for step in reversed(needs):
             await self._undo_step(step)
         if self.view.drained and not keep_drained:
-            await self._undrain()
+            await self.undrain()
 
     async def _undo_step(self, step: model.Step) -> None:
         engine = self.engine

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-from orchestrator import model
+from orchestrator import events, model
 from orchestrator.actions.health import Checker
 from orchestrator.actions.remote import Remote
 from orchestrator.engine.states import PhaseState
@@ -128,3 +129,55 @@ async def nothing_to_do(
         f"nothing to do: all {len(worked)} hosts report {plan.to_version} and phase "
         f"{phase.name}, the point of no return, is already done ({why})"
     )
+
+
+class Probing(Protocol):
+    """What preflight needs from the engine."""
+
+    plan: model.Plan
+    view: UpgradeView
+    remote: Remote
+    checker: Checker
+
+    async def record(engine, event: events.JournalEvent) -> None: ...
+
+
+async def probe_hosts(engine: Probing) -> list[str]:
+    """Connect to every host and ask its version probe, journaling each
+    answer (ready, at_target, error); a host already answered is not asked
+    again. Returns the problems that fail preflight."""
+    plan = engine.plan
+    probes = version_probes(plan)
+    problems: list[str] = []
+    handshakes = asyncio.Semaphore(PREFLIGHT_CONCURRENCY)
+
+    async def one(host: model.HostTarget) -> None:
+        if host.name in engine.view.preflight:
+            return
+        try:
+            async with handshakes:
+                await engine.remote.connect(host.name)
+        except TransportError as exc:
+            problems.append(f"{host.name}: {exc.reason}")
+            await engine.record(
+                events.PreflightHost(host=host.name, status="error", error=exc.reason)
+            )
+            return
+        probe = probes.get(host.name)
+        version = None if probe is None else await engine.checker.version(host.name, probe)
+        if probe is None or version is None or probe.reports(version, plan.from_version):
+            status = "ready"
+        elif probe.reports(version, plan.to_version):
+            status = "at_target"
+        else:
+            status = "error"
+            problems.append(
+                f"{host.name}: reports version {probe.describe(version)}, neither "
+                f"{plan.from_version} nor {plan.to_version}"
+            )
+        await engine.record(events.PreflightHost(host=host.name, status=status, version=version))
+
+    async with asyncio.TaskGroup() as group:
+        for target in plan.hosts:
+            group.create_task(one(target))
+    return problems

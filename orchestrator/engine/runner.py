@@ -19,8 +19,9 @@ from orchestrator import events, model
 from orchestrator.actions.drain import Drainer, RuntimeAPI
 from orchestrator.actions.health import Checker
 from orchestrator.actions.remote import Remote
-from orchestrator.engine.host import HOST_FAULTS, HostRunner, Stop, Suspend
-from orchestrator.engine.preflight import PREFLIGHT_CONCURRENCY, version_probes
+from orchestrator.engine.host import HostRunner, Stop, Suspend
+from orchestrator.engine.preflight import probe_hosts
+from orchestrator.engine.rollback import after_cancel, rollback_all
 from orchestrator.engine.states import (
     HOST_TRANSITIONS,
     PHASE_TRANSITIONS,
@@ -31,7 +32,7 @@ from orchestrator.engine.states import (
     check_transition,
 )
 from orchestrator.engine.view import UpgradeView
-from orchestrator.errors import ConflictError, RollbackRefused, StoreError, TransportError
+from orchestrator.errors import ConflictError, RollbackRefused, StoreError
 from orchestrator.retry import journal_retry
 from orchestrator.secrets import SecretStore
 
@@ -336,7 +337,7 @@ class Engine:
             except asyncio.CancelledError:
                 if self._suspend:
                     raise
-                await asyncio.shield(self._cancelled())
+                await asyncio.shield(after_cancel(self))
                 return self.view.state
             except Exception as exc:
                 # a bug or an unexpected fault: record it, never vanish silently
@@ -351,7 +352,7 @@ class Engine:
     async def _run(self) -> UpgradeState:
         view = self.view
         if self._rollback or view.state is U.ROLLING_BACK:
-            return await self._rollback_all()
+            return await rollback_all(self)
         if view.state.terminal:
             return view.state
         try:
@@ -370,47 +371,20 @@ class Engine:
                 await self.set_upgrade(U.SUCCEEDED, self._skipped_summary())
         except Stop:
             if self._rollback:
-                return await self._rollback_all()
+                return await rollback_all(self)
             if not view.state.terminal:
                 await self.set_upgrade(U.ABORTED, "aborted by the operator")
         return view.state
 
+    @property
+    def stopping(self) -> bool:
+        """An abort or a rollback has been ordered."""
+        return bool(self._abort_level or self._rollback)
+
     async def _preflight(self) -> None:
         await self.set_upgrade(U.PREFLIGHT)
-        probes = version_probes(self.plan)
-        problems: list[str] = []
-        handshakes = asyncio.Semaphore(PREFLIGHT_CONCURRENCY)
-
-        async def one(host: model.HostTarget) -> None:
-            if host.name in self.view.preflight:
-                return
-            try:
-                async with handshakes:
-                    await self.remote.connect(host.name)
-            except TransportError as exc:
-                problems.append(f"{host.name}: {exc.reason}")
-                await self.record(
-                    events.PreflightHost(host=host.name, status="error", error=exc.reason)
-                )
-                return
-            probe = probes.get(host.name)
-            version = None if probe is None else await self.checker.version(host.name, probe)
-            if probe is None or version is None or probe.reports(version, self.plan.from_version):
-                status = "ready"
-            elif probe.reports(version, self.plan.to_version):
-                status = "at_target"
-            else:
-                status = "error"
-                problems.append(
-                    f"{host.name}: reports version {probe.describe(version)}, neither "
-                    f"{self.plan.from_version} nor {self.plan.to_version}"
-                )
-            await self.record(events.PreflightHost(host=host.name, status=status, version=version))
-
-        async with asyncio.TaskGroup() as group:
-            for target in self.plan.hosts:
-                group.create_task(one(target))
-        if self._rollback or self._abort_level:
+        problems = await probe_hosts(self)
+        if self.stopping:
             raise Stop()  # ordered while preflight ran: nothing was changed yet
         if problems:
             await self.set_upgrade(U.FAILED, "preflight failed: " + "; ".join(sorted(problems)))
@@ -579,69 +553,3 @@ class Engine:
 
     async def fatal(self, reason: str) -> None:
         log.error("fatal", reason=reason)
-
-    async def _rollback_all(self) -> UpgradeState:
-        """Undo every host and pin, newest phase first, batch by batch in reverse."""
-        if self.view.irreversible_done is not None:
-            await self.set_upgrade(U.FAILED, str(RollbackRefused(self.view.irreversible_done)))
-            return self.view.state
-        if self.view.state is not U.ROLLING_BACK:
-            await self.set_upgrade(U.ROLLING_BACK, "rolling back")
-        errors: list[str] = []
-        for phase in reversed(self.plan.phases):
-            pview = self.view.phases.get(phase.name)
-            if pview is None or pview.state in (PhaseState.PENDING, PhaseState.ROLLED_BACK):
-                continue
-            if pview.state not in (PhaseState.ROLLING_BACK,):
-                if pview.state in (PhaseState.GATED, PhaseState.WAITING_APPROVAL):
-                    await self.set_phase(phase.name, PhaseState.ROLLED_BACK)
-                    continue
-                await self.set_phase(phase.name, PhaseState.ROLLING_BACK)
-            for batch in reversed(phase.batches):
-                runners = [HostRunner(self, phase, hp) for hp in batch.hosts]
-                results = await asyncio.gather(
-                    *(self._undo_host(r) for r in runners), return_exceptions=True
-                )
-                errors.extend(str(r) for r in results if isinstance(r, BaseException))
-            await self.set_phase(phase.name, PhaseState.ROLLED_BACK)
-        if errors:
-            await self.set_upgrade(U.FAILED, "rollback incomplete: " + "; ".join(errors[:5]))
-        else:
-            await self.set_upgrade(U.ROLLED_BACK, "every host and pin undone")
-        return self.view.state
-
-    async def _undo_host(self, runner: HostRunner) -> None:
-        state = runner.view.state
-        untouched = (HostState.PENDING, HostState.SKIPPED, HostState.ROLLED_BACK)
-        if state in untouched and not runner.view.drained:
-            return
-        with structlog.contextvars.bound_contextvars(phase=runner.phase.name, host=runner.name):
-            if state is not HostState.ROLLING_BACK:
-                await runner.set(HostState.ROLLING_BACK)
-            try:
-                await runner.undo()
-            except HOST_FAULTS as exc:
-                await runner.set(HostState.FAILED, f"rollback failed: {exc}")
-                raise
-            await runner.set(HostState.ROLLED_BACK)
-
-    async def _cancelled(self) -> None:
-        """Second abort: running steps were cancelled. Never leave a host drained."""
-        for phase in self.plan.phases:
-            pview = self.view.phases.get(phase.name)
-            if pview is None:
-                continue
-            for batch in phase.batches:
-                for hp in batch.hosts:
-                    if pview.host(hp.host).drained:
-                        try:
-                            await HostRunner(self, phase, hp)._undrain()
-                        except HOST_FAULTS as exc:
-                            log.error("undrain after cancel failed", host=hp.host, error=str(exc))
-        if not self.view.state.terminal:
-            if self.view.state is U.ROLLING_BACK:
-                await self.set_upgrade(U.FAILED, "rollback cancelled by a second abort")
-            else:
-                if self.view.state is not U.ABORTING:
-                    await self.set_upgrade(U.ABORTING, "cancelled")
-                await self.set_upgrade(U.ABORTED, "cancelled by a second abort")
