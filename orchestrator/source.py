@@ -86,9 +86,31 @@ def load_file(path: str | Path, display_name: str | None = None) -> Document:
     return load_text(text, name)
 
 
+# Limits on every YAML document (docs/formats.md, "Limits"). Aliases are
+# allowed, since operators share role definitions with &anchors, but a
+# document may not expand through them to more than MAX_NODES values: the
+# composed graph is measured without expanding it, so an alias bomb is
+# refused in milliseconds instead of filling memory.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+MAX_NODES = 1_000_000
+MAX_DEPTH = 64
+
+
 def load_text(text: str, name: str) -> Document:
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise InputError(
+            Problem(
+                file=name,
+                message=f"the document is {len(text):,} characters; at most "
+                f"{MAX_DOCUMENT_BYTES:,} are read",
+            )
+        )
     try:
         node = yaml.compose(text, Loader=_Loader)
+    except RecursionError:
+        raise InputError(
+            Problem(file=name, message=f"the document nests deeper than {MAX_DEPTH} levels")
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         context = exc.context or ""
@@ -114,8 +136,64 @@ def load_text(text: str, name: str) -> Document:
     doc = Document(name=name, data=None)
     if node is None:
         raise InputError(Problem(file=name, line=1, message="the document is empty"))
+    _measure(node, name)
     doc.data = _build(node, (), doc, doc.problems)
     return doc
+
+
+def _measure(root: yaml.Node, name: str) -> None:
+    """Refuse a graph that expands past MAX_NODES values, nests deeper than
+    MAX_DEPTH or refers to itself, counting each distinct node once."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    # iterative post-order walk: (node, depth, children done?)
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            on_path.discard(key)
+            size = 1 + sum(sizes[id(child)] for child in children)
+            sizes[key] = size
+            if size > MAX_NODES:
+                raise InputError(
+                    _problem_at(
+                        name,
+                        node,
+                        f"this value expands through YAML aliases to more than {MAX_NODES:,} "
+                        "values; the document is refused",
+                    )
+                )
+            continue
+        if key in sizes:
+            continue  # an alias of a node already measured
+        if key in on_path:
+            raise InputError(_problem_at(name, node, "a YAML alias refers to itself"))
+        if depth > MAX_DEPTH:
+            raise InputError(
+                _problem_at(name, node, f"the document nests deeper than {MAX_DEPTH} levels")
+            )
+        on_path.add(key)
+        stack.append((node, depth, True))
+        for child in children:
+            if id(child) in on_path:
+                raise InputError(_problem_at(name, child, "a YAML alias refers to itself"))
+            if id(child) not in sizes:
+                stack.append((child, depth + 1, False))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _problem_at(name: str, node: yaml.Node, message: str) -> Problem:
+    mark = node.start_mark
+    return Problem(file=name, line=mark.line + 1, column=mark.column + 1, message=message)
 
 
 _constructor = yaml.SafeLoader("")

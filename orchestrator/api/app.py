@@ -73,10 +73,10 @@ def auth_middleware(token: str) -> Any:
         if request.path not in PUBLIC:
             header = request.headers.get("Authorization", "")
             scheme, _, given = header.partition(" ")
-            # compare_digest on bytes: constant time whatever the input
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode(), expected
-            ):
+            # compare_digest on bytes: constant time whatever the input; header
+            # bytes that are not UTF-8 arrive as surrogates and must not raise
+            presented = given.strip().encode("utf-8", "surrogateescape")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(presented, expected):
                 raise web.HTTPUnauthorized(
                     reason="a valid bearer token is required",
                     headers={"WWW-Authenticate": 'Bearer realm="orchestrator"'},

@@ -75,16 +75,55 @@ class SubmitBody(BaseModel):
         return self
 
 
+# the submit body is a flat object of strings: anything deeper is not one
+MAX_JSON_DEPTH = 32
+# digits of one JSON number; Python refuses more than 4,300 with a ValueError
+MAX_NUMBER_DIGITS = 40
+
+
+def _number(text: str) -> Any:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise _TooLong(f"a number of {len(text)} characters (at most {MAX_NUMBER_DIGITS})")
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+class _TooLong(ValueError):
+    pass
+
+
+def _depth_within(data: Any, limit: int) -> bool:
+    """Whether `data` nests at most `limit` levels of objects and arrays."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return False
+            values = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in values)
+    return True
+
+
 def parse_submit(raw: bytes) -> SubmitBody:
     """Bytes -> SubmitBody, or MalformedBody (400) / InputError (422)."""
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_int=_number, parse_float=_number)
     except UnicodeDecodeError as exc:
         raise MalformedBody(Problem(file=BODY, message=f"not UTF-8: {exc.reason}")) from None
     except json.JSONDecodeError as exc:
         raise MalformedBody(
             Problem(file=BODY, line=exc.lineno, column=exc.colno, message=f"not JSON: {exc.msg}")
         ) from None
+    except _TooLong as exc:
+        raise MalformedBody(Problem(file=BODY, message=f"not accepted: {exc}")) from None
+    except RecursionError:
+        raise MalformedBody(
+            Problem(file=BODY, message=f"nested deeper than {MAX_JSON_DEPTH} levels")
+        ) from None
+    if not _depth_within(data, MAX_JSON_DEPTH):
+        raise MalformedBody(
+            Problem(file=BODY, message=f"nested deeper than {MAX_JSON_DEPTH} levels")
+        )
     try:
         return SubmitBody.model_validate(data)
     except ValidationError as exc:
