@@ -111,10 +111,17 @@ class InvalidTransition(OrchestratorError):
 
 
 class TransportError(OrchestratorError):
-    """SSH could not connect, or the connection dropped: the command may not have run."""
+    """SSH could not connect, or the connection dropped: the command may not have run.
 
-    def __init__(self, host: str, reason: str) -> None:
-        self.host, self.reason = host, reason
+    `may_still_run`: a command was started and the transport lost sight of it
+    before it ended, so it may be running on the host now; nothing that
+    assumes it is over (an undo, the next step) may start until a run with
+    the same run id has reported its end. False: it certainly did not start,
+    or it is over.
+    """
+
+    def __init__(self, host: str, reason: str, *, may_still_run: bool = False) -> None:
+        self.host, self.reason, self.may_still_run = host, reason, may_still_run
         super().__init__(f"{host}: {reason}")
 
 

@@ -45,7 +45,8 @@ class SSHSettings(BaseModel):
     become: Literal["sudo", "none"] = "none"
     connect_timeout: Duration = 10.0
     command_timeout: Duration = 600.0
-    keepalive_interval: Duration = 15.0
+    # a host silent for 3 intervals counts as gone (transport/ssh.py, docs/transport.md)
+    keepalive_interval: Duration = 5.0
 
 
 class SSHOverride(BaseModel):

@@ -1,8 +1,10 @@
 """Every retry policy of the orchestrator, by name, in one place.
 
 Only transport faults are retried: a connection that was refused, reset or
-timed out before anything ran. A command that ran and failed is a result,
-not a fault, and nothing here ever runs it again. `sleep` is injectable so
+timed out before anything ran, and asking a supervised command's record
+again after its connection dropped (which never runs it again). A command
+that ran and failed is a result, not a fault, and nothing here ever runs it
+again. `sleep` is injectable so
 tests replace the backoff with a no-op (or with a hook that heals the fault).
 """
 
@@ -72,6 +74,30 @@ def connect_policy(sleep: Sleep | None = None) -> AsyncRetrying:
         sleep=sleep if sleep is not None else asyncio.sleep,
         before_sleep=_log_retries("connect"),
         reraise=False,
+    )
+
+
+REATTACH_ATTEMPTS = 5
+
+
+def lost_a_running_command(exc: BaseException) -> bool:
+    """The connection went away while a supervised command ran (`may_still_run`)."""
+    return isinstance(exc, TransportError) and exc.may_still_run
+
+
+def reattach_policy(sleep: Sleep | None = None) -> AsyncRetrying:
+    """Asking a supervised command's supervisor again after its connection
+    dropped or went silent: 5 attempts, a short backoff. Asking again never
+    runs the command twice, which is what makes this one retry of a started
+    command safe. Each attempt reconnects under `connect_policy`; when that
+    gives up, so does this (the error says the command may still run)."""
+    return AsyncRetrying(
+        retry=retry_if_exception(lost_a_running_command),
+        stop=stop_after_attempt(REATTACH_ATTEMPTS),
+        wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
+        sleep=sleep if sleep is not None else asyncio.sleep,
+        before_sleep=_log_retries("following a supervised command"),
+        reraise=True,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -12,7 +12,8 @@ from aiohttp import web
 from orchestrator import model
 from orchestrator.actions.drain import Drainer, DrainError, sessions
 from orchestrator.actions.health import Checker, json_path
-from orchestrator.transport.ssh import SSHPool
+from orchestrator.actions.run import run_action
+from orchestrator.transport.ssh import CommandResult, SSHPool
 from tests.sshhosts import MakeSSHHosts
 
 
@@ -215,3 +216,89 @@ async def test_version_probe_maps_a_package_version_to_its_release(
     assert probe.reports("35.1.0", "2026.1")
     assert not probe.reports("not a version", "2026.1")
     assert not probe.reports(None, "2026.1")
+
+
+# --- the run action with supervised commands -----------------------------------------
+
+
+class RecordingRemote:
+    """Answers `run` from a list of results and remembers the run ids it was given."""
+
+    def __init__(self, *results: CommandResult) -> None:
+        self.results = list(results)
+        self.run_ids: list[str | None] = []
+
+    async def connect(self, host: str) -> None:
+        pass
+
+    async def run(
+        self,
+        host: str,
+        command: str,
+        *,
+        timeout: float | None = None,
+        become: bool = False,
+        on_line: Callable[[str], None] | None = None,
+        run_id: str | None = None,
+    ) -> CommandResult:
+        self.run_ids.append(run_id)
+        return self.results.pop(0)
+
+    async def read_file(self, host: str, path: str) -> str | None:
+        return None
+
+    async def write_file(self, host: str, path: str, text: str) -> None:
+        pass
+
+
+async def _no_sleep(_: float) -> None:
+    pass
+
+
+async def test_each_repeat_gets_its_own_run_id() -> None:
+    remote = RecordingRemote(
+        CommandResult(1, "", 0.0, False),
+        CommandResult(1, "", 0.0, False),
+        CommandResult(0, "", 0.0, False),
+    )
+    action = model.RunAction("migrate", repeat_while_exit=(1,), repeat_interval=0)
+    outcome = await run_action(
+        remote, "h", action, become=False, sleep=_no_sleep, run_id="u1/migrate.1"
+    )
+    assert outcome.ok and outcome.attempts == 3
+    assert remote.run_ids == ["u1/migrate.1", "u1/migrate.1~2", "u1/migrate.1~3"]
+    plain = RecordingRemote(CommandResult(0, "", 0.0, False))
+    await run_action(plain, "h", model.RunAction("x"), become=False, sleep=_no_sleep)
+    assert plain.run_ids == [None]
+
+
+async def test_a_dead_supervisor_is_the_reason_of_the_failure() -> None:
+    why = "the supervisor on h died: the host rebooted while the command ran (it was not run again)"
+    remote = RecordingRemote(CommandResult(None, "half", 0.0, False, reason=why))
+    outcome = await run_action(
+        remote, "h", model.RunAction("x"), become=False, sleep=_no_sleep, run_id="u1/x.1"
+    )
+    assert not outcome.ok
+    assert (outcome.exit_status, outcome.reason, outcome.output) == (None, why, "half")
+
+
+async def test_a_resumed_repeat_chain_replays_its_records(make_ssh_hosts: MakeSSHHosts) -> None:
+    """A daemon restarted in the middle of `repeat_while_exit`: the same run id
+    gets the recorded repeats back and runs none of them again."""
+    hosts = await make_ssh_hosts(1)
+    count = hosts.host_dir("host-1") / "count"
+    command = (
+        "n=$(($(cat count 2>/dev/null || echo 0) + 1)); echo $n > count; "
+        'echo "run $n"; [ $n -ge 3 ]'
+    )
+    action = model.RunAction(command, repeat_while_exit=(1,), repeat_interval=0)
+    outcomes = []
+    for _ in range(2):  # the second pool is the restarted daemon
+        async with SSHPool(hosts.targets(become="none")) as pool:
+            outcomes.append(
+                await run_action(
+                    pool, "host-1", action, become=False, sleep=_no_sleep, run_id="u1/migrate.1"
+                )
+            )
+    assert [(o.ok, o.attempts, o.output) for o in outcomes] == [(True, 3, "run 3")] * 2
+    assert count.read_text() == "3\n"

@@ -79,6 +79,7 @@ class NoRemote:
         timeout: float | None = None,
         become: bool = False,
         on_line: Callable[[str], None] | None = None,
+        run_id: str | None = None,
     ) -> CommandResult:
         raise AssertionError("a load balancer drain must not use SSH")
 

@@ -20,6 +20,7 @@ class Remote(Protocol):
         timeout: float | None = None,
         become: bool = False,
         on_line: Callable[[str], None] | None = None,
+        run_id: str | None = None,
     ) -> CommandResult: ...
 
     async def read_file(self, host: str, path: str) -> str | None: ...

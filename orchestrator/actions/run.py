@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from orchestrator.actions.remote import Remote
 from orchestrator.model import RunAction
+from orchestrator.transport.supervise import repeat_run_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,14 +26,26 @@ async def run_action(
     *,
     become: bool,
     sleep: Callable[[float], Awaitable[None]],
+    run_id: str | None = None,
 ) -> RunOutcome:
     """Run until the exit status is not in `repeat_while_exit` (online data
     migrations exit 1 while rows remain), then judge it against `ok_exit`.
-    Transport errors propagate: the command may or may not have run."""
+
+    With a `run_id` each run is supervised, the n-th repeat as
+    ``repeat_run_id(run_id, n)``: run again with the same run id (a daemon
+    resuming the step), the repeats already made return their recorded
+    results and only the unfinished one is followed or started.
+    Transport errors propagate: see `TransportError.may_still_run`."""
     attempts = 0
     while True:
         attempts += 1
-        result = await remote.run(host, action.command, timeout=action.timeout, become=become)
+        result = await remote.run(
+            host,
+            action.command,
+            timeout=action.timeout,
+            become=become,
+            run_id=repeat_run_id(run_id, attempts),
+        )
         if result.timed_out:
             return RunOutcome(
                 False, None, result.output, attempts, f"timed out after {action.timeout:g}s"
@@ -51,5 +64,5 @@ async def run_action(
             continue
         if status is not None and status in action.ok_exit:
             return RunOutcome(True, status, result.output, attempts)
-        why = "killed by a signal" if status is None else f"exit status {status}"
+        why = result.reason or ("killed by a signal" if status is None else f"exit status {status}")
         return RunOutcome(False, status, result.output, attempts, why)

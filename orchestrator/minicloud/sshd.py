@@ -3,8 +3,11 @@
 minicloud's embedded hosts, and the tests' SSH hosts. Each host has its own
 directory (``root/NAME/`` unless `host_dirs` says otherwise), its own generated ed25519
 host key and its own port. Exec requests run as real shell commands
-(``/bin/sh -c COMMAND`` with the host directory as working directory and
-``HOST_DIR``/``HOST_NAME`` set); SFTP and UNIX socket forwarding
+(``/bin/sh -c COMMAND`` with the host directory as working directory,
+``HOST_DIR``/``HOST_NAME`` set and the channel's input as stdin; a command
+is killed, with its process group, when its channel closes first, so only
+what starts a session of its own outlives a dropped connection, as the
+supervisor of `SSHPool.run(run_id=...)` does); SFTP and UNIX socket forwarding
 (``SSHPool.unix_request``) are chrooted to the host directory. One
 generated client key is authorized on every host and a known_hosts file
 lists every host key, so `SSHPool` connects exactly as it would in
@@ -37,6 +40,7 @@ from typing import Any, Literal, Protocol, Self
 import asyncssh
 
 from orchestrator.model import HostTarget
+from orchestrator.transport.supervise import MARK, WRAPPER_NAME
 
 ADDRESS = "127.0.0.1"
 _FAKE_SUDO = """#!/bin/sh
@@ -125,7 +129,7 @@ def loopback_target(
         zone=None,
         connect_timeout=5.0,
         command_timeout=30.0,
-        keepalive_interval=15.0,
+        keepalive_interval=5.0,
     )
 
 
@@ -147,8 +151,9 @@ class SSHHosts:
         self.known_hosts_path = root / "known_hosts"
         self.bin = root / "bin"
         self._env = dict(env or {})
-        # benchmarks simulate hundreds of hosts on two cores: `sleep N` then
-        # costs no fork, as if each host had its own CPU for its own shell
+        # benchmarks simulate hundreds of hosts on two cores: `sleep N`, plain
+        # or supervised, then costs no fork, as if each host had its own CPU
+        # for its own shells (a supervised one leaves no record)
         self._builtin_sleep = builtin_sleep
         self._client_key = asyncssh.generate_private_key("ssh-ed25519")
         self._authorized = asyncssh.import_authorized_keys(
@@ -331,12 +336,25 @@ class SSHHosts:
                 await asyncio.sleep(float(m.group(1)))
                 process.exit(0)
                 return
-            await self._run(host, command, process)
+            preread = b""
+            if self._builtin_sleep and f" {WRAPPER_NAME} " in command:
+                # a supervised `sleep N`: the wrapper's protocol, without its shells
+                preread = await process.stdin.read()
+                if m := _SLEEP.match(preread.decode(errors="replace")):
+                    await asyncio.sleep(float(m.group(1)))
+                    process.stderr.write(f"{MARK} exit 0\n".encode())
+                    process.exit(0)
+                    return
+            await self._run(host, command, process, preread)
         finally:
             self._tasks.discard(task)
 
     async def _run(
-        self, host: _Host, command: str, process: asyncssh.SSHServerProcess[bytes]
+        self,
+        host: _Host,
+        command: str,
+        process: asyncssh.SSHServerProcess[bytes],
+        preread: bytes = b"",
     ) -> None:
         env = {
             "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -352,13 +370,15 @@ class SSHHosts:
             command,
             cwd=host.directory,
             env=env,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group, so a kill takes its children too
         )
+        assert child.stdin is not None
         assert child.stdout is not None
         assert child.stderr is not None
+        feed = asyncio.ensure_future(_feed(process.stdin, child.stdin, preread))
         work = asyncio.ensure_future(
             asyncio.gather(
                 _pump(child.stdout, process.stdout),
@@ -372,11 +392,12 @@ class SSHHosts:
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         finally:
             closed.cancel()
+            feed.cancel()
             if not work.done():  # the client went away (timeout, drop): kill the command
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.pid, signal.SIGKILL)
             await asyncio.wait({work}, timeout=10)
-            await asyncio.wait({closed})
+            await asyncio.wait({closed, feed})
         returncode = child.returncode
         if process.channel.is_closing() or returncode is None:
             return
@@ -384,6 +405,23 @@ class SSHHosts:
             process.exit(returncode)
         else:
             process.exit_with_signal(signal.Signals(-returncode).name.removeprefix("SIG"))
+
+
+async def _feed(
+    source: asyncssh.SSHReader[bytes], sink: asyncio.StreamWriter, preread: bytes
+) -> None:
+    """Copy the channel's input to the child's stdin; its end is the child's end of input."""
+    try:
+        if preread:
+            sink.write(preread)
+        else:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+    except (OSError, asyncssh.Error):
+        pass  # the child stopped reading, or the channel broke
+    finally:
+        sink.close()
 
 
 async def _pump(source: asyncio.StreamReader, sink: asyncssh.SSHWriter[bytes]) -> None:

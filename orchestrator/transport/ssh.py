@@ -7,7 +7,13 @@ What a caller can rely on:
   never retried;
 * opening a connection is retried by `retry.connect_policy`; a command is
   never retried: a connection lost while it ran raises `TransportError`
-  saying it may have run;
+  saying it may have run (``may_still_run=True``);
+* a command given a ``run_id`` runs under a supervisor on the host
+  (`orchestrator.transport.supervise`, docs/transport.md): a dropped or
+  silent connection (keepalives: `KEEPALIVE_COUNT_MAX` + 1 intervals) does
+  not stop it; the pool reconnects under `retry.reattach_policy` and returns
+  its real result, or raises `TransportError` with ``may_still_run=True``.
+  The same run id never runs its command twice: it returns the recorded end;
 * a command over its timeout (or whose caller is cancelled) is killed and
   comes back with ``timed_out=True``; OpenSSH's sshd neither kills a command
   whose channel closes nor honours the ``signal`` request for root logins,
@@ -43,13 +49,19 @@ from orchestrator.errors import HostKeyError, TransportError
 from orchestrator.model import HostTarget
 from orchestrator.retry import Sleep, connect_policy
 from orchestrator.secrets import SecretStore
+from orchestrator.transport import supervise
+from orchestrator.transport.follow import KILL_GRACE, Follower, Run
+from orchestrator.transport.follow import describe as _describe
+from orchestrator.transport.supervise import Ending
 
 MAX_OUTPUT_CHARS = 64 * 1024
 MAX_OUTPUT_LINES = 200
 READ_CHUNK = 64 * 1024
-# after a kill, how long to wait for the server to confirm the channel closed
-KILL_GRACE = 5.0
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+# unanswered keepalives before a silent peer counts as gone: asyncssh drops
+# the connection at the (count + 1)-th silent `keepalive_interval`, so the
+# default 5 s interval finds a half-open connection within 15 s
+KEEPALIVE_COUNT_MAX = 2
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
 
@@ -62,6 +74,9 @@ class CommandResult:
     output: str
     duration: float
     timed_out: bool
+    # why there is no exit status when it is not a signal or the timeout
+    # (a supervised run whose supervisor died with its host)
+    reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -121,12 +136,6 @@ class _Tail:
             else:  # keep the end of a line that does not fit whole
                 self._lines[0] = oldest[excess:]
                 self._chars -= excess
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncssh.Error):
-        return exc.reason or type(exc).__name__
-    return str(exc) or type(exc).__name__
 
 
 # Curve25519 first: the post-quantum hybrids asyncssh prefers by default cost
@@ -207,6 +216,10 @@ class SSHPool:
         self._locks: dict[str, asyncio.Lock] = {}
         self._parsed_known_hosts: dict[str, asyncssh.SSHKnownHosts] = {}
         self._parsed_keys: dict[str, asyncssh.SSHKey] = {}
+        # per host: (chain, record) of supervised runs whose result was
+        # returned; removed on the host by its next supervised command
+        self._returned: dict[str, list[tuple[str, str]]] = {}
+        self._follower = Follower(self._connection, self._error, self._secrets.redact, policy_sleep)
 
     async def __aenter__(self) -> Self:
         return self
@@ -237,8 +250,29 @@ class SSHPool:
         timeout: float | None = None,
         become: bool = False,
         on_line: Callable[[str], None] | None = None,
+        run_id: str | None = None,
     ) -> CommandResult:
-        """Run `command` (marker form) on `host`; stdout and stderr come back merged."""
+        """Run `command` (marker form) on `host`; stdout and stderr come back merged.
+
+        With a `run_id` (``UPGRADE/STEP``) it runs supervised: see the module
+        docstring, `supervise` and docs/transport.md.
+        """
+        if run_id is not None:
+            return await self._supervised(
+                host, command, timeout=timeout, become=become, on_line=on_line, run_id=run_id
+            )
+        return await self._plain(host, command, timeout=timeout, become=become, on_line=on_line)
+
+    async def _plain(
+        self,
+        host: str,
+        command: str,
+        *,
+        timeout: float | None,
+        become: bool,
+        on_line: Callable[[str], None] | None,
+    ) -> CommandResult:
+        """The command itself as the exec: health checks, probes, reads."""
         target = self.target(host)
         shown, sent = command, self._secrets.substitute(command)
         limit = target.command_timeout if timeout is None else timeout
@@ -265,7 +299,7 @@ class SSHPool:
                 host, f"could not start {shown!r}: {_describe(exc)}; it did not run"
             ) from None
         except (asyncssh.Error, OSError) as exc:
-            raise self._lost(host, shown, exc) from None
+            raise self._lost(host, shown, exc, command=True) from None
 
         tail = _Tail(on_line, self._secrets.redact)
         timed_out = ended = False
@@ -283,7 +317,7 @@ class SSHPool:
                 timed_out = ended = True
                 await _kill(process, watchdog)
         except (asyncssh.Error, OSError) as exc:
-            raise self._lost(host, shown, exc) from None
+            raise self._lost(host, shown, exc, command=True) from None
         finally:
             if not ended:  # cancelled, or on_line raised: the command must not run on
                 _interrupt(process, watchdog)
@@ -293,7 +327,8 @@ class SSHPool:
         if process.exit_signal is not None or timed_out:
             status = None
         if status is None and not timed_out and conn.is_closed():
-            raise self._lost(host, shown, asyncssh.ConnectionLost("connection closed"))
+            lost = asyncssh.ConnectionLost("connection closed")
+            raise self._lost(host, shown, lost, command=True)
         result = CommandResult(
             exit_status=status,
             output=tail.finish(),
@@ -309,6 +344,25 @@ class SSHPool:
             duration=round(result.duration, 3),
         )
         return result
+
+    async def forget_runs(self, host: str, upgrade_id: str) -> int:
+        """Remove the records of an upgrade's supervised runs on `host`.
+
+        Records of commands that still run are kept; returns how many.
+        """
+        target = self.target(host)
+        upgrade = supervise.upgrade_dir(upgrade_id)
+        status, out, err = await self._follower.call(target, supervise.forget_command(upgrade))
+        self._returned[host] = [
+            entry
+            for entry in self._returned.get(host, ())
+            if not entry[1].startswith(upgrade + "/")
+        ]
+        if status != 0:
+            raise self._error(host, f"could not remove the records in {upgrade}: {err.strip()}")
+        kept = int(out.strip() or "0")
+        _log.info("run records removed", host=host, upgrade=upgrade_id, still_running=kept)
+        return kept
 
     async def read_file(self, host: str, path: str) -> str | None:
         """The text of a remote file, or None if it does not exist."""
@@ -410,12 +464,104 @@ class SSHPool:
         return self._secrets.redact(reply)
 
     async def close(self) -> None:
+        await self._follower.close()
         conns = list(self._conns.values())
         self._conns.clear()
         for conn in conns:
             conn.close()
         for conn in conns:
             await conn.wait_closed()
+
+    # --- supervised commands ---------------------------------------------------
+
+    async def _supervised(
+        self,
+        host: str,
+        command: str,
+        *,
+        timeout: float | None,
+        become: bool,
+        on_line: Callable[[str], None] | None,
+        run_id: str,
+    ) -> CommandResult:
+        target = self.target(host)
+        record = supervise.record_path(run_id)
+        shown, script = command, self._secrets.substitute(command)
+        sudo = become and target.become == "sudo"
+        if sudo:
+            shown = _sudo(shown)
+        limit = target.command_timeout if timeout is None else timeout
+        run = Run(record, shown, script, sudo)
+        forget = self._forgettable(host, run_id)
+        run.command = supervise.start_command(record, run.size, sudo=sudo, forget=forget)
+        log = _log.bind(host=host, run_id=run_id)
+        log.info("command started", command=shown, timeout=limit, supervised=True)
+        started = time.monotonic()
+        try:
+            deadline = asyncio.timeout(limit)
+            try:
+                async with deadline:
+                    ending, output = await self._follower.follow(target, run)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                ending, output = await self._follower.stop(target, run)
+        except asyncio.CancelledError:
+            if run.sent:
+                await self._follower.kill_cancelled(target, run)
+            raise
+        if ending.kind == "refused":
+            raise self._error(host, f"could not start {shown!r}: {ending.detail}; it did not run")
+        self._returned.setdefault(host, []).append((supervise.chain(run_id), record))
+        result = self._result(host, ending, output, on_line, time.monotonic() - started)
+        log.info(
+            "command finished",
+            command=shown,
+            exit_status=result.exit_status,
+            ending=f"{ending.kind} {ending.detail}",
+            timed_out=result.timed_out,
+            reattached=run.attempts - 1,
+            duration=round(result.duration, 3),
+        )
+        return result
+
+    def _forgettable(self, host: str, run_id: str) -> tuple[str, ...]:
+        """Records to remove with this run's exec: every returned one of another chain."""
+        mine = supervise.chain(run_id)
+        pending = self._returned.get(host, [])
+        self._returned[host] = [entry for entry in pending if entry[0] == mine]
+        return tuple(record for chain, record in pending if chain != mine)
+
+    def _result(
+        self,
+        host: str,
+        ending: Ending,
+        output: str,
+        on_line: Callable[[str], None] | None,
+        duration: float,
+    ) -> CommandResult:
+        tail = _Tail(on_line, self._secrets.redact)
+        tail.feed(output)
+        status: int | None = None
+        timed_out = False
+        reason: str | None = None
+        if ending.kind == "exit" and ending.detail.isdigit():
+            status = int(ending.detail)
+        elif ending.kind == "killed":
+            timed_out = ending.detail == "timeout"
+            if not timed_out:
+                reason = "killed: its run was cancelled"
+        elif ending.kind == "died":
+            reason = f"the supervisor on {host} died: {ending.detail} (it was not run again)"
+        elif ending.kind != "signal":
+            reason = f"the supervisor on {host} said {ending.kind} {ending.detail}"
+        return CommandResult(
+            exit_status=status,
+            output=tail.finish(),
+            duration=duration,
+            timed_out=timed_out,
+            reason=self._secrets.redact(reason) if reason else None,
+        )
 
     # --- connections ---------------------------------------------------------
 
@@ -488,6 +634,7 @@ class SSHPool:
             connect_timeout=target.connect_timeout,
             login_timeout=target.connect_timeout,
             keepalive_interval=target.keepalive_interval,
+            keepalive_count_max=KEEPALIVE_COUNT_MAX,
             config=[],
             kex_algs=KEX_PREFERENCE,
             encryption_algs=CIPHER_PREFERENCE,
@@ -521,16 +668,23 @@ class SSHPool:
         except (asyncssh.Error, OSError) as exc:
             raise TransportError(target.name, f"{where}: {_describe(exc)}") from None
 
-    def _lost(self, host: str, what: str, exc: BaseException) -> TransportError:
-        """A fault on a channel; the connection is replaced next time if it is closed."""
+    def _lost(
+        self, host: str, what: str, exc: BaseException, *, command: bool = False
+    ) -> TransportError:
+        """A fault on a channel; the connection is replaced next time if it is closed.
+
+        `command`: a command was running, and may still be (OpenSSH does not
+        stop a command whose connection drops).
+        """
         _log.warning("connection lost", host=host, during=what, error=_describe(exc))
         return self._error(
             host,
             f"connection lost during {what!r}: {_describe(exc)}; it may have run on the host",
+            may_still_run=command,
         )
 
-    def _error(self, host: str, reason: str) -> TransportError:
-        return TransportError(host, self._secrets.redact(reason))
+    def _error(self, host: str, reason: str, *, may_still_run: bool = False) -> TransportError:
+        return TransportError(host, self._secrets.redact(reason), may_still_run=may_still_run)
 
 
 def _interrupt(process: asyncssh.SSHClientProcess[str], watchdog: bool) -> None:

@@ -114,6 +114,38 @@ class RealSSHHosts:
         """The log lines of every command or subsystem this host started."""
         return [line for line in self.log(name).splitlines() if "Starting session:" in line]
 
+    def logins(self, name: str) -> int:
+        """How many connections this host has authenticated so far."""
+        return self.log(name).count("Accepted publickey")
+
+    def session_pids(self, name: str) -> list[int]:
+        """The sshd processes serving this host's open connections: every sshd
+        below the listener (the privileged monitor and the user's process of
+        each connection), not the listener itself and not the commands."""
+        process = self._hosts[name].process
+        assert process is not None, f"{name} is not running"
+        children: dict[int, list[int]] = {}
+        names: dict[int, str] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            head, _, rest = stat.rpartition(")")
+            pid, ppid = int(entry.name), int(rest.split()[1])
+            names[pid] = head.partition("(")[2]
+            children.setdefault(ppid, []).append(pid)
+        found: list[int] = []
+        stack = list(children.get(process.pid, []))
+        while stack:
+            pid = stack.pop()
+            if names.get(pid) == "sshd":
+                found.append(pid)
+                stack.extend(children.get(pid, []))
+        return sorted(found)
+
     def target(self, name: str, **changes: object) -> HostTarget:
         target = loopback_target(
             name,

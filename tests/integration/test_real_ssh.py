@@ -1,12 +1,17 @@
-"""The SSH transport against real OpenSSH sshd: commands, files, host keys, and
-above all that a command over its timeout is really stopped on the host."""
+"""The SSH transport against real OpenSSH sshd: commands, files, host keys,
+that a command over its timeout is really stopped on the host, and that a
+supervised command outlives a dropped or silent connection and is reported
+with its real exit status."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -130,3 +135,149 @@ async def test_changed_host_key_is_refused_before_login(real_sshd_hosts: MakeSSH
         with pytest.raises(HostKeyError, match="host key does not match known_hosts"):
             await pool.connect("host-1")
     assert hosts.log("host-1").count("Accepted publickey") == logins  # never authenticated
+
+
+# --- supervised commands: a dropped or silent connection does not stop them --------
+
+RUN = "u20261201-120000-abc123/upgrade-computes.install.1"
+# waits until the test lets it go (no timing assumptions); gives up after a
+# minute or so, so that a failed test leaves nothing running
+HOLD = (
+    "echo $$ > pid; i=0; "
+    "while [ ! -e release ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i + 1)); done"
+)
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 - files and logs on the host have no event
+            await asyncio.sleep(0.02)
+
+
+def command_lines() -> list[str]:
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return lines
+
+
+async def test_supervised_command_reports_as_before(real_sshd_hosts: MakeSSHHosts) -> None:
+    hosts = await real_sshd_hosts(["host-1"])
+    directory = hosts.host_dir("host-1")
+    token = "tok-" + os.urandom(4).hex()
+    async with SSHPool(hosts.targets()) as pool:
+        task = asyncio.create_task(
+            pool.run("host-1", f": {token}; {HOLD}; pwd; echo oops >&2; exit 3", run_id=RUN)
+        )
+        await wait_for((directory / "pid").exists)
+        assert not [line for line in command_lines() if token in line]
+        (directory / "release").touch()
+        result = await task
+        again = await pool.run("host-1", "touch again", run_id=RUN)
+    assert result.exit_status == 3
+    assert result.output.splitlines() == [str(directory), "oops"]
+    assert (again.exit_status, again.output) == (3, result.output)  # recorded, not re-run
+    assert not (directory / "again").exists()
+
+
+async def test_supervised_command_outlives_its_killed_sshd_session(
+    real_sshd_hosts: MakeSSHHosts,
+) -> None:
+    """Defect 6: sshd's session process dies (SIGKILL), the command goes on. The
+    old code raised "may have run" at once while the command still ran; now the
+    pool reconnects and returns exit 7 only once the command has ended."""
+    hosts = await real_sshd_hosts(["host-1"])
+    directory = hosts.host_dir("host-1")
+    async with SSHPool(hosts.targets()) as pool:
+        task = asyncio.create_task(
+            pool.run("host-1", f"{HOLD}; echo done >> f; exit 7", run_id=RUN)
+        )
+        await wait_for((directory / "pid").exists)
+        sessions = hosts.session_pids("host-1")
+        assert sessions
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)
+        await wait_for(lambda: hosts.logins("host-1") == 2 or task.done())
+        assert not task.done(), task.exception()  # reconnected, and waits while it runs
+        assert not gone(int((directory / "pid").read_text()))
+        (directory / "release").touch()
+        result = await task
+        assert (directory / "f").read_text() == "done\n"  # it had ended, once
+    assert result.exit_status == 7
+
+
+async def test_half_open_connection_is_found_by_keepalives(
+    real_sshd_hosts: MakeSSHHosts,
+) -> None:
+    """Defect 6, silently: the session process stops (SIGSTOP), the TCP
+    connection stays up and nothing says it is dead. Keepalives (1 s here) find
+    it; the pool reconnects on a new connection and returns the real status."""
+    hosts = await real_sshd_hosts(["host-1"])
+    directory = hosts.host_dir("host-1")
+    stopped: list[int] = []
+    try:
+        async with SSHPool(hosts.targets(keepalive_interval=1.0)) as pool:
+            task = asyncio.create_task(
+                pool.run("host-1", f"{HOLD}; echo done >> f; exit 7", run_id=RUN)
+            )
+            await wait_for((directory / "pid").exists)
+            stopped = hosts.session_pids("host-1")
+            assert stopped
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+            started = time.monotonic()
+            await wait_for(lambda: hosts.logins("host-1") == 2 or task.done())
+            found_after = time.monotonic() - started
+            assert not task.done(), task.exception()  # found dead, reconnected, waits
+            assert not set(hosts.session_pids("host-1")) <= set(stopped)  # a new session
+            (directory / "release").touch()
+            result = await task
+            assert (directory / "f").read_text() == "done\n"
+        assert result.exit_status == 7
+        print(f"silent connection replaced after {found_after:.1f}s (keepalive 1 s x 3)")
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGCONT)
+
+
+async def test_supervised_timeout_and_cancel_kill_the_command(
+    real_sshd_hosts: MakeSSHHosts,
+) -> None:
+    hosts = await real_sshd_hosts(["host-1"])
+    directory = hosts.host_dir("host-1")
+    command = "echo $$ > pid; (sleep 30; touch late) & echo $! > child; echo started; wait"
+    async with SSHPool(hosts.targets()) as pool:
+        result = await pool.run("host-1", command, timeout=0.5, run_id=RUN)
+        assert result.timed_out and result.output == "started"
+        await wait_gone(*(int((directory / name).read_text()) for name in ("pid", "child")))
+        (directory / "pid").unlink()
+        task = asyncio.create_task(pool.run("host-1", f"{HOLD}; touch late", run_id=RUN + "b"))
+        await wait_for(
+            lambda: (directory / "pid").exists() and bool((directory / "pid").read_text())
+        )
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await wait_gone(int((directory / "pid").read_text()))
+    assert not (directory / "late").exists()
+
+
+async def test_supervised_sudo_command_is_killed_on_timeout(
+    real_sshd_hosts: MakeSSHHosts,
+) -> None:
+    """sudo for the command only: the supervisor and its record stay the login
+    user's; the kill of the root process group goes through sudo."""
+    if shutil.which("sudo") is None or os.geteuid() != 0:
+        pytest.skip("needs sudo -n without a password: root, as in CI")
+    hosts = await real_sshd_hosts(["host-1"])
+    directory = hosts.host_dir("host-1")
+    async with SSHPool(hosts.targets(become="sudo")) as pool:
+        who = await pool.run("host-1", "id -u; pwd", become=True, run_id=RUN)
+        assert who.output.splitlines() == ["0", str(directory)], who.output
+        result = await pool.run("host-1", HOLD, timeout=0.5, become=True, run_id=RUN + "b")
+        assert result.timed_out
+        await wait_gone(int((directory / "pid").read_text()))

@@ -1,0 +1,198 @@
+"""Following a supervised run from the orchestrator's side (docs/transport.md).
+
+`Follower` runs the wrapper of `supervise` over a connection of the pool,
+and after a dropped or silent connection reconnects and runs it again with
+the same record, under `retry.reattach_policy`, until the supervisor reports
+how the run ended. It also kills a run (timeout, cancellation) by a second
+exec. `SSHPool` owns one and turns what it reports into a `CommandResult`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Protocol
+
+import asyncssh
+import structlog
+
+from orchestrator.errors import TransportError
+from orchestrator.model import HostTarget
+from orchestrator.retry import Sleep, reattach_policy
+from orchestrator.transport import supervise
+from orchestrator.transport.supervise import Ending
+
+# after a kill, how long to wait for the command's end to be confirmed
+KILL_GRACE = 5.0
+
+_log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
+
+Connect = Callable[[HostTarget], Awaitable[asyncssh.SSHClientConnection]]
+
+
+class MakeError(Protocol):
+    """The pool's `TransportError` factory: it redacts secrets from the reason."""
+
+    def __call__(
+        self, host: str, reason: str, *, may_still_run: bool = False
+    ) -> TransportError: ...
+
+
+def describe(exc: BaseException) -> str:
+    """What an asyncssh or OS error says, for a message."""
+    if isinstance(exc, asyncssh.Error):
+        return exc.reason or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+class Run:
+    """One supervised run while the pool follows it."""
+
+    __slots__ = ("attempts", "command", "record", "script", "sent", "shown", "size", "sudo")
+
+    def __init__(self, record: str, shown: str, script: str, sudo: bool) -> None:
+        self.record, self.shown, self.script, self.sudo = record, shown, script, sudo
+        self.size = len(script.encode())
+        self.command = ""
+        # the wrapper may have reached the host: from then on, losing sight of
+        # the run means it may still run, and a cancellation must kill it
+        self.sent = False
+        self.attempts = 0
+
+
+class Follower:
+    """Starts, follows and kills supervised runs over the pool's connections."""
+
+    def __init__(
+        self, connect: Connect, error: MakeError, redact: Callable[[str], str], sleep: Sleep | None
+    ) -> None:
+        self._connect, self._error, self._redact, self._sleep = connect, error, redact, sleep
+        self._kills: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Wait a little for kills of cancelled runs still on their way."""
+        if self._kills:
+            await asyncio.wait(self._kills, timeout=KILL_GRACE)
+
+    async def follow(self, target: HostTarget, run: Run) -> tuple[Ending, str]:
+        """Start or follow the run until its supervisor reports the end, reconnecting."""
+        try:
+            async for attempt in reattach_policy(self._sleep):
+                with attempt:
+                    return await self._attach(target, run)
+        except TransportError as exc:
+            if not run.sent or exc.may_still_run:
+                raise
+            raise self._error(
+                target.name,
+                f"lost {run.shown!r} and could not reconnect: {exc.reason}; "
+                "it may still be running on the host",
+                may_still_run=True,
+            ) from None
+        raise AssertionError("reattach_policy neither returned nor raised")  # pragma: no cover
+
+    async def _attach(self, target: HostTarget, run: Run) -> tuple[Ending, str]:
+        """One exec of the wrapper: it starts the command, or finds its record."""
+        conn = await self._connect(target)
+        was_sent, run.sent = run.sent, True  # the exec may reach the host from here on
+        run.attempts += 1
+        try:
+            process = await conn.create_process(
+                run.command,
+                stdin=asyncssh.PIPE,
+                stdout=asyncssh.PIPE,
+                stderr=asyncssh.PIPE,
+                encoding="utf-8",
+                errors="replace",
+            )
+        except asyncssh.ChannelOpenError as exc:
+            run.sent = was_sent  # refused before the exec request
+            if not was_sent:
+                raise self._error(
+                    target.name, f"could not start {run.shown!r}: {describe(exc)}; it did not run"
+                ) from None
+            raise self._detached(target.name, run, describe(exc)) from None
+        except (asyncssh.Error, OSError) as exc:
+            raise self._detached(target.name, run, describe(exc)) from None
+        try:
+            process.stdin.write(run.script)
+            process.stdin.write_eof()
+            output, errors = await asyncio.gather(process.stdout.read(), process.stderr.read())
+            await process.wait_closed()
+        except (asyncssh.Error, OSError) as exc:
+            raise self._detached(target.name, run, describe(exc)) from None
+        finally:
+            process.close()
+        ending = supervise.parse_ending(errors)
+        if ending is None:
+            why = "connection closed" if conn.is_closed() else "its supervisor did not answer"
+            raise self._detached(target.name, run, why)
+        if ending.diagnostics:
+            _log.warning("supervisor said", host=target.name, text=self._redact(errors))
+        return ending, output
+
+    def _detached(self, host: str, run: Run, why: str) -> TransportError:
+        _log.warning("connection lost", host=host, during=run.shown, error=why, supervised=True)
+        return self._error(
+            host,
+            f"connection lost during {run.shown!r}: {why}; it may still be running on the host",
+            may_still_run=True,
+        )
+
+    async def stop(self, target: HostTarget, run: Run) -> tuple[Ending, str]:
+        """Over its time: kill the command's process group, then read how it ended."""
+        await self.kill(target, run, "timeout")
+        try:
+            async with asyncio.timeout(KILL_GRACE):
+                return await self.follow(target, run)
+        except (TimeoutError, TransportError):  # killed, but its record did not come back
+            return Ending("killed", "timeout"), ""
+
+    async def kill(self, target: HostTarget, run: Run, reason: str) -> None:
+        command = supervise.kill_command(run.record, reason, sudo=run.sudo)
+        try:
+            async for attempt in reattach_policy(self._sleep):
+                with attempt:
+                    status, _, errors = await self.call(target, command)
+        except TransportError as exc:
+            raise self._error(
+                target.name,
+                f"could not kill {run.shown!r}: {exc.reason}; it may still be running on the host",
+                may_still_run=True,
+            ) from None
+        if status != 0:
+            raise self._error(
+                target.name,
+                f"could not kill {run.shown!r}: {errors.strip() or f'exit status {status}'}; "
+                "it may still be running on the host",
+                may_still_run=True,
+            )
+        _log.info("command killed", host=target.name, command=run.shown, reason=reason)
+
+    async def kill_cancelled(self, target: HostTarget, run: Run) -> None:
+        """The caller gave up on the run: kill it, waiting at most `KILL_GRACE`."""
+        task = asyncio.ensure_future(self.kill(target, run, "cancel"))
+        self._kills.add(task)
+        task.add_done_callback(self._kill_done)
+        with suppress(Exception, asyncio.CancelledError):  # the cancellation goes on anyway
+            async with asyncio.timeout(KILL_GRACE):
+                await asyncio.shield(task)
+
+    def _kill_done(self, task: asyncio.Task[None]) -> None:
+        self._kills.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            _log.error("cancelled command not killed", error=str(exc))
+
+    async def call(self, target: HostTarget, command: str) -> tuple[int, str, str]:
+        """A short helper script of our own: exit status, stdout, stderr."""
+        conn = await self._connect(target)
+        try:
+            result = await conn.run(command, stdin=asyncssh.DEVNULL, encoding="utf-8")
+        except (asyncssh.Error, OSError) as exc:
+            raise self._error(
+                target.name, f"connection lost: {describe(exc)}", may_still_run=True
+            ) from None
+        if result.exit_status is None:
+            raise self._error(target.name, "connection lost", may_still_run=True)
+        return result.exit_status, str(result.stdout or ""), str(result.stderr or "")
