@@ -113,6 +113,9 @@ class Step(_Event):
     output: str | None = None
     error: str | None = None
     via: str | None = None
+    # the supervised run of this attempt (with `running`): a resumed engine
+    # follows it to its real end instead of guessing
+    run: str | None = None
     # config steps: the value before the edit, recorded with `running`;
     # `had_previous` tells "the key was absent" (previous None) from "not recorded"
     previous: str | None = None

@@ -108,28 +108,33 @@ async def test_correct_playbook_under_load_loses_nothing(tmp_path: Path) -> None
 
         # issue 10, defect 2: the same upgrade again has nothing to do. It was
         # accepted, pinned the fleet to 1.0, failed the contract gate and "rolled
-        # back"; now it is refused before anything runs, from the journal that
-        # saw the first one and, without it, from the contract step's check
+        # back". Now the daemon that saw the first one refuses it at submit (409);
+        # one with a fresh journal finds out in preflight, from the probes and the
+        # contract step's check, and ends it before any step runs
         plan = _plan(ec, playbook)
-        for journal_path, because in (
-            (tmp_path / "journal.db", f"upgrade {up.id} did it"),
-            (tmp_path / "fresh.db", "its steps' checks pass"),
-        ):
-            journal = await Journal.open(journal_path)
-            manager = UpgradeManager(journal)
-            try:
-                await manager.start()
-                before = len(manager.upgrades)
-                with pytest.raises(ConflictError) as refused:
-                    await manager.submit(plan)
-                assert len(manager.upgrades) == before
-            finally:
-                await manager.close()
-                await journal.close()
-            assert str(refused.value) == (
-                "nothing to do: all 7 hosts report 2.0 and phase contract-db, the point of "
-                f"no return, is already done ({because})"
-            )
+        journal = await Journal.open(tmp_path / "journal.db")
+        manager = UpgradeManager(journal)
+        try:
+            await manager.start()
+            with pytest.raises(ConflictError) as refused:
+                await manager.submit(plan)
+            assert len(manager.upgrades) == 1
+        finally:
+            await manager.close()
+            await journal.close()
+        said = "nothing to do: all 7 hosts report 2.0 and phase contract-db, the point of no return"
+        assert str(refused.value) == f"{said}, is already done (upgrade {up.id} did it)"
+        journal = await Journal.open(tmp_path / "fresh.db")
+        manager = UpgradeManager(journal)
+        try:
+            await manager.start()
+            again, _ = await manager.submit(plan)
+            assert await manager.wait(again.id, timeout=60) is UpgradeState.FAILED
+            assert again.view.reason == f"{said}, is already done (its steps' checks pass)"
+            assert not any(p.hosts for p in again.view.phases.values())  # no step ran
+        finally:
+            await manager.close()
+            await journal.close()
         assert _pins(ec) == {None}
         assert pin_drift(ec.cloud) == {}
 

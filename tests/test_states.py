@@ -71,6 +71,7 @@ class FakeEngine:
     """A `HostEngine` with nothing behind it: enough to drive step events."""
 
     def __init__(self) -> None:
+        self.id = "u1"
         self.view = UpgradeView("u1")
         self.plan = cast(model.Plan, None)
         self.remote = cast(Remote, None)

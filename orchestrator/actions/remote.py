@@ -4,7 +4,7 @@ is the real implementation; keeping the seam narrow keeps actions testable."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from orchestrator.transport.ssh import CommandResult
 
@@ -26,3 +26,10 @@ class Remote(Protocol):
     async def read_file(self, host: str, path: str) -> str | None: ...
 
     async def write_file(self, host: str, path: str, text: str) -> None: ...
+
+
+@runtime_checkable
+class RunRecords(Protocol):
+    """A transport that keeps supervised runs' records on the hosts."""
+
+    async def forget_runs(self, host: str, upgrade_id: str) -> int: ...

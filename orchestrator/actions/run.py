@@ -17,6 +17,7 @@ class RunOutcome:
     output: str
     attempts: int
     reason: str | None = None
+    timed_out: bool = False
 
 
 async def run_action(
@@ -47,9 +48,8 @@ async def run_action(
             run_id=repeat_run_id(run_id, attempts),
         )
         if result.timed_out:
-            return RunOutcome(
-                False, None, result.output, attempts, f"timed out after {action.timeout:g}s"
-            )
+            why = f"timed out after {action.timeout:g}s"
+            return RunOutcome(False, None, result.output, attempts, why, timed_out=True)
         status = result.exit_status
         if status is not None and status in action.repeat_while_exit:
             if attempts >= action.repeat_max:

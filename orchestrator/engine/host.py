@@ -20,7 +20,7 @@ from orchestrator.actions.config import apply_config, read_previous
 from orchestrator.actions.drain import Drainer, DrainError
 from orchestrator.actions.health import Checker
 from orchestrator.actions.remote import Remote
-from orchestrator.actions.run import run_action
+from orchestrator.actions.run import RunOutcome, run_action
 from orchestrator.engine.states import (
     CLEANUP_TRANSITIONS,
     STEP_TRANSITIONS,
@@ -40,6 +40,7 @@ class HostEngine(Protocol):
     """What a host's procedure needs from the engine: its tools, the journal,
     the checkpoints. `Engine` is one; the host procedure never sees the rest."""
 
+    id: str
     plan: model.Plan
     view: UpgradeView
     remote: Remote
@@ -77,6 +78,8 @@ class Suspend(Exception):
 
 
 HOST_FAULTS = (StepFailed, DrainError, TransportError)
+# upgrade states in which a lost command pauses the upgrade until it is found again
+FORWARD = (UpgradeState.RUNNING, UpgradeState.PAUSED, UpgradeState.WAITING_APPROVAL)
 
 
 class HostRunner:
@@ -212,9 +215,51 @@ class HostRunner:
             return
         with structlog.contextvars.bound_contextvars(step=step.id):
             in_flight = view is not None and view.state is StepState.RUNNING
+            run_id = view.run_id if view is not None and in_flight else None
+            # its supervisor knows how it ended, or that it never started
+            if run_id is not None and await self._follow(step, run_id):
+                return
             if in_flight and await self._already_done(step):
                 return
             await self._execute(step)
+
+    async def _follow(self, step: model.Step, run_id: str) -> bool:
+        """Follow an in-flight step's supervised run to its end and judge it;
+        False when it was killed or its supervisor died (in doubt: the
+        step's check, idempotence or the operator decide)."""
+        assert isinstance(step.action, model.RunAction)
+        outcome = await self._supervised(step, step.action, run_id)
+        if outcome.exit_status is None and not outcome.timed_out:
+            log.warning("in-flight step ended in doubt", reason=outcome.reason)
+            return False
+        await self._judge(step, outcome)
+        return True
+
+    async def _supervised(
+        self, step: model.Step, action: model.RunAction, run_id: str
+    ) -> RunOutcome:
+        """Run (or follow) one supervised run; while the transport has lost
+        sight of it, the upgrade pauses and never undoes a command that may
+        still run: resume follows the same run again."""
+        engine = self.engine
+        while True:
+            try:
+                return await run_action(
+                    engine.remote,
+                    self.name,
+                    action,
+                    become=step.become,
+                    sleep=engine.sleep,
+                    run_id=run_id,
+                )
+            except TransportError as exc:
+                if not exc.may_still_run or engine.view.state not in FORWARD:
+                    raise  # did not start; or a rollback or abort, which fails this host
+                await engine.pause_for(
+                    f"step {step.id} on {self.name}: {exc.reason}; nothing is undone while it "
+                    "may still run: resume follows it again once the host answers"
+                )
+                await engine.checkpoint()
 
     async def _already_done(self, step: model.Step) -> bool:
         """A step was in flight when the daemon stopped: decide, never guess."""
@@ -256,22 +301,26 @@ class HostRunner:
                 step.id, StepState.DONE, output="changed" if changed else "unchanged"
             )
             return
-        await self.step_event(step.id, StepState.RUNNING)
         if isinstance(action, model.WaitAction):
+            await self.step_event(step.id, StepState.RUNNING)
             await engine.sleep(action.seconds)
             await self.step_event(step.id, StepState.DONE)
             return
+        attempt = self.view.step(step.id).attempts + 1
+        run_id = f"{engine.id}/{step.id}.{attempt}"
+        await self.step_event(step.id, StepState.RUNNING, run=run_id)
         started = time.monotonic()
         try:
-            outcome = await run_action(
-                engine.remote, self.name, action, become=step.become, sleep=engine.sleep
-            )
+            outcome = await self._supervised(step, action, run_id)
         except TransportError as exc:
-            await self.step_event(
-                step.id, StepState.FAILED, error=f"{exc.reason}; the command may have run"
-            )
-            raise
+            if not exc.may_still_run:  # it certainly did not start
+                await self.step_event(step.id, StepState.FAILED, error=exc.reason)
+            raise  # else it stays running: the undo follows it to its end first
         engine.metrics_step(step, time.monotonic() - started, outcome.ok)
+        await self._judge(step, outcome)
+
+    async def _judge(self, step: model.Step, outcome: RunOutcome) -> None:
+        """Journal how a run step ended; StepFailed when it failed."""
         if outcome.ok:
             await self.step_event(
                 step.id, StepState.DONE, exit=outcome.exit_status, output=outcome.output
@@ -334,6 +383,17 @@ class HostRunner:
         view = self.view.step(step.id)
         action = step.action
         with structlog.contextvars.bound_contextvars(step=step.id):
+            if (
+                view.state is StepState.RUNNING
+                and view.run_id is not None
+                and isinstance(action, model.RunAction)
+            ):
+                # never undo a command that may still run: follow it to its end first
+                outcome = await self._supervised(step, action, view.run_id)
+                state = StepState.DONE if outcome.ok else StepState.FAILED
+                await self.step_event(
+                    step.id, state, exit=outcome.exit_status, output=outcome.output
+                )
             await self.step_event(step.id, StepState.UNDOING)
             if isinstance(action, model.ConfigAction):
                 if view.had_previous:
@@ -349,9 +409,8 @@ class HostRunner:
             if step.undo is None:
                 await self.step_event(step.id, StepState.UNDONE, output="no undo declared")
                 return
-            outcome = await run_action(
-                engine.remote, self.name, step.undo, become=step.become, sleep=engine.sleep
-            )
+            run_id = f"{engine.id}/{step.id}.undo{view.undos}"
+            outcome = await self._supervised(step, step.undo, run_id)
             if not outcome.ok:
                 await self.step_event(
                     step.id,

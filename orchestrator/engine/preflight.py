@@ -94,22 +94,17 @@ async def _done_by_checks(remote: Remote, phase: model.Phase) -> str | None:
 async def nothing_to_do(
     plan: model.Plan, remote: Remote, checker: Checker, earlier: Iterable[Earlier]
 ) -> str | None:
-    """Why there is nothing to do, or None when there may be (the usual case,
-    decided without contacting a host unless the point of no return is known
-    to be passed)."""
+    """At submit: why there is nothing to do, or None when there may be. Only
+    when the journal shows the point of no return passed on these hosts are
+    the hosts' versions asked; the usual submit contacts no host."""
     phase = plan.irreversible_phase()
     if phase is None:
         return None
     why = _done_by_earlier(plan, phase, earlier)
     if why is None:
-        try:
-            why = await _done_by_checks(remote, phase)
-        except TransportError:
-            return None  # preflight proper reports an unreachable host
-    if why is None:
         return None
     probes = version_probes(plan)
-    worked = sorted({hp.host for p in plan.phases for hp in _phase_hosts(p)})
+    worked = _worked(plan)
     if not worked or any(h not in probes for h in worked):
         return None  # a host without a probe could be anywhere
     handshakes = asyncio.Semaphore(PREFLIGHT_CONCURRENCY)
@@ -122,11 +117,34 @@ async def nothing_to_do(
                 return False
         return seen is not None and probes[host].reports(seen, plan.to_version)
 
-    answers = await asyncio.gather(*(at_target(h) for h in worked))
-    if not all(answers):
+    if not all(await asyncio.gather(*(at_target(h) for h in worked))):
         return None
+    return _nothing(plan, phase, len(worked), why)
+
+
+async def nothing_left(plan: model.Plan, view: UpgradeView, remote: Remote) -> str | None:
+    """After preflight, with no journal to tell: every host reported the target
+    and the irreversible phase's own step checks say it is done."""
+    phase = plan.irreversible_phase()
+    worked = _worked(plan)
+    if phase is None or not worked:
+        return None
+    if any(view.preflight.get(h, {}).get("status") != "at_target" for h in worked):
+        return None
+    try:
+        why = await _done_by_checks(remote, phase)
+    except TransportError:
+        return None
+    return None if why is None else _nothing(plan, phase, len(worked), why)
+
+
+def _worked(plan: model.Plan) -> list[str]:
+    return sorted({hp.host for p in plan.phases for hp in _phase_hosts(p)})
+
+
+def _nothing(plan: model.Plan, phase: model.Phase, hosts: int, why: str) -> str:
     return (
-        f"nothing to do: all {len(worked)} hosts report {plan.to_version} and phase "
+        f"nothing to do: all {hosts} hosts report {plan.to_version} and phase "
         f"{phase.name}, the point of no return, is already done ({why})"
     )
 

@@ -18,9 +18,9 @@ import structlog
 from orchestrator import events, model
 from orchestrator.actions.drain import Drainer, RuntimeAPI
 from orchestrator.actions.health import Checker
-from orchestrator.actions.remote import Remote
+from orchestrator.actions.remote import Remote, RunRecords
 from orchestrator.engine.host import HostRunner, Stop, Suspend
-from orchestrator.engine.preflight import probe_hosts
+from orchestrator.engine.preflight import nothing_left, probe_hosts
 from orchestrator.engine.rollback import after_cancel, rollback_all
 from orchestrator.engine.states import (
     HOST_TRANSITIONS,
@@ -32,7 +32,7 @@ from orchestrator.engine.states import (
     check_transition,
 )
 from orchestrator.engine.view import UpgradeView
-from orchestrator.errors import ConflictError, RollbackRefused, StoreError
+from orchestrator.errors import ConflictError, OrchestratorError, RollbackRefused, StoreError
 from orchestrator.retry import journal_retry
 from orchestrator.secrets import SecretStore
 
@@ -330,7 +330,10 @@ class Engine:
     async def run(self) -> UpgradeState:
         with structlog.contextvars.bound_contextvars(upgrade=self.id):
             try:
-                return await self._run()
+                state = await self._run()
+                if state.terminal:
+                    await self._forget_runs()
+                return state
             except Suspend:
                 log.info("suspended", state=self.view.state.label)
                 return self.view.state
@@ -348,6 +351,25 @@ class Engine:
                 ):
                     await self.set_upgrade(U.FAILED, f"internal error: {type(exc).__name__}: {exc}")
                 raise
+
+    async def _forget_runs(self) -> None:
+        """At an end state, remove this upgrade's run records from its hosts."""
+        if not isinstance(self.remote, RunRecords):
+            return
+        ran = {
+            hv.name
+            for pview in self.view.phases.values()
+            for hv in pview.hosts.values()
+            if any(sv.run_id is not None for sv in hv.steps.values())
+        }
+        for host in sorted(ran):
+            try:
+                kept = await self.remote.forget_runs(host, self.id)
+            except (OrchestratorError, OSError) as exc:
+                log.warning("run records not removed", host=host, error=str(exc))
+                continue
+            if kept:
+                log.warning("run records kept: their commands still run", host=host, kept=kept)
 
     async def _run(self) -> UpgradeState:
         view = self.view
@@ -388,6 +410,10 @@ class Engine:
             raise Stop()  # ordered while preflight ran: nothing was changed yet
         if problems:
             await self.set_upgrade(U.FAILED, "preflight failed: " + "; ".join(sorted(problems)))
+            raise Stop()
+        nothing = await nothing_left(self.plan, self.view, self.remote)
+        if nothing is not None:  # refused before anything ran, as a submit would have been
+            await self.set_upgrade(U.FAILED, nothing)
             raise Stop()
         await self.set_upgrade(U.RUNNING)
 

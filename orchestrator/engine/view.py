@@ -41,6 +41,9 @@ class StepView:
     had_previous: bool = False
     previous: str | None = None
     attempts: int = 0
+    undos: int = 0
+    # the supervised run of the latest attempt (see docs/transport.md)
+    run_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -213,6 +216,10 @@ def _step(view: UpgradeView, ev: events.Step, at: float) -> None:
         step.started_at = at
         step.finished_at = None
         step.error = None
+    elif state is StepState.UNDOING:
+        step.undos += 1
+    if ev.run is not None:
+        step.run_id = ev.run
     if ev.had_previous:
         step.had_previous = True
         step.previous = ev.previous
