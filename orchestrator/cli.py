@@ -16,17 +16,16 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import model
+from orchestrator import model, pipeline
 from orchestrator.api.body import FILE_NAME_PATTERN
 from orchestrator.api.endpoint import DEFAULT_LISTEN, default_state_dir
 from orchestrator.api.openapi import ACTIONS, HOST_ACTIONS
 from orchestrator.client import Client, render_status, resolve_endpoint, watch
 from orchestrator.errors import InputError, OrchestratorError, Problem, UsageError
-from orchestrator.inventory import load_inventory
 from orchestrator.logs import configure
-from orchestrator.plan import Options, compile_plan
+from orchestrator.pipeline import Source
+from orchestrator.plan import Options
 from orchestrator.planview import render_tree
-from orchestrator.playbook import load_playbook
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -129,20 +128,9 @@ def _positive(text: str) -> int:
 
 
 def build(inventory: str, playbook: str, options: Options) -> model.Plan:
-    """Load, validate and compile; problems from both files are reported together."""
-    problems = []
-    loaded_inv = loaded_pb = None
-    try:
-        loaded_inv = load_inventory(inventory)
-    except InputError as exc:
-        problems.extend(exc.problems)
-    try:
-        loaded_pb = load_playbook(playbook)
-    except InputError as exc:
-        problems.extend(exc.problems)
-    if problems or loaded_inv is None or loaded_pb is None:
-        raise InputError(problems)
-    return compile_plan(loaded_inv[0], loaded_inv[1], loaded_pb[0], loaded_pb[1], options)
+    """The plan of an inventory file and a playbook file or shipped name."""
+    sources = Source.of_file(inventory), Source.of_playbook_ref(playbook)
+    return pipeline.build(*sources, options).plan
 
 
 def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -63,6 +64,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("request crashed", method=request.method, path=request.path)
         return error_response(500, "InternalError", "internal error; the daemon log has details")
+
+
+# documents parsed at once in worker threads: a burst of submits must not
+# take every core from the engines and the event loop
+PARSE_CONCURRENCY = max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
 def auth_middleware(token: str) -> Any:
@@ -126,6 +132,7 @@ def make_app(
     app[keys.METRICS] = metrics or Metrics()
     app[keys.STOPPING] = asyncio.Event()
     app[keys.SUBMIT_LOCK] = asyncio.Lock()
+    app[keys.PARSE_SLOTS] = asyncio.Semaphore(PARSE_CONCURRENCY)
     app[keys.STATUS_CACHE] = {}
     app.cleanup_ctx.append(_manager_lifecycle)
     app.on_shutdown.append(_stop_streams)

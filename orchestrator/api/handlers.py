@@ -12,18 +12,16 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator import model
+from orchestrator import model, pipeline
 from orchestrator.api import keys
 from orchestrator.api.body import BODY, SubmitBody, parse_submit
 from orchestrator.api.metrics import CONTENT_TYPE
 from orchestrator.api.openapi import IDEMPOTENCY_KEY_PATTERN, SPEC
 from orchestrator.engine.manager import Upgrade
 from orchestrator.engine.status import status_document, summary
-from orchestrator.errors import ConflictError, InputError, Problem, UsageError
-from orchestrator.inventory import parse_inventory_text
-from orchestrator.plan import Options, compile_plan
-from orchestrator.playbook import Playbook, parse_playbook, parse_playbook_text, shipped_playbooks
-from orchestrator.source import Document, load_file, suggest
+from orchestrator.errors import ConflictError, UsageError
+from orchestrator.pipeline import Source
+from orchestrator.plan import Options
 
 IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
@@ -40,44 +38,20 @@ def json_response(data: Any, status: int = 200, **kwargs: Any) -> web.Response:
 # --- building a plan from a body (runs in a worker thread) -------------------
 
 
-def _playbook(body: SubmitBody) -> tuple[Playbook, Document]:
-    if body.playbook is not None:
-        return parse_playbook_text(body.playbook, body.playbook_file)
-    assert body.playbook_name is not None
-    shipped = shipped_playbooks()
-    path = shipped.get(body.playbook_name)
-    if path is None:
-        raise InputError(
-            Problem(
-                file=BODY,
-                field="playbook_name",
-                message=f"no shipped playbook '{body.playbook_name}'"
-                f"{suggest(body.playbook_name, shipped)}; shipped: {', '.join(shipped)}",
-            )
-        )
-    return parse_playbook(load_file(path, f"playbooks/{path.name}"))
-
-
 def build_plan(body: SubmitBody) -> model.Plan:
-    """Both documents are checked before giving up, so one answer lists every problem."""
-    problems: list[Problem] = []
-    inventory = playbook = None
-    try:
-        inventory = parse_inventory_text(body.inventory, body.inventory_name)
-    except InputError as exc:
-        problems.extend(exc.problems)
-    try:
-        playbook = _playbook(body)
-    except InputError as exc:
-        problems.extend(exc.problems)
-    if problems or inventory is None or playbook is None:
-        raise InputError(problems)
+    """The body's plan, through the one input pipeline the CLI uses too."""
+    inventory = Source.of_text(body.inventory, body.inventory_name)
+    if body.playbook is not None:
+        playbook = Source.of_text(body.playbook, body.playbook_file)
+    else:
+        assert body.playbook_name is not None
+        playbook = Source.shipped(body.playbook_name, field="playbook_name", where=BODY)
     options = Options(
         to_version=body.to_version,
         from_version=body.from_version,
         on_failure=body.options.on_failure,
     )
-    return compile_plan(inventory[0], inventory[1], playbook[0], playbook[1], options)
+    return pipeline.build(inventory, playbook, options).plan
 
 
 def plan_data(plan: model.Plan, digest: str) -> dict[str, Any]:
@@ -123,7 +97,9 @@ async def submit(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(reason="send the body as application/json")
     body = parse_submit(await request.read())
-    plan = await asyncio.to_thread(build_plan, body)
+    # off the event loop, and no more at once than the machine has cores for
+    async with app[keys.PARSE_SLOTS]:
+        plan = await asyncio.to_thread(build_plan, body)
     if body.dry_run:
         digest = plan.digest
         return json_response(

@@ -15,6 +15,8 @@ METRICS = web.AppKey("metrics", Metrics)
 # set on the first stop signal: no new upgrades, event streams end
 STOPPING = web.AppKey("stopping", asyncio.Event)
 SUBMIT_LOCK = web.AppKey("submit_lock", asyncio.Lock)
+# submitted documents parsing in worker threads at once; the rest wait their turn
+PARSE_SLOTS = web.AppKey("parse_slots", asyncio.Semaphore)
 # upgrade id -> ((last journal seq, stall reason), the status document as JSON)
 STATUS_CACHE = web.AppKey("status_cache", dict[str, tuple[tuple[int, str | None], bytes]])
 # request key: the name of the token that authenticated the request (one
