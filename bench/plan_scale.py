@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from orchestrator import model
+from orchestrator import model, pipeline
 from orchestrator.inventory import load_inventory
+from orchestrator.pipeline import Source
 from orchestrator.plan import Options, compile_plan
 from orchestrator.planview import render_tree
 from orchestrator.playbook import load_playbook
@@ -161,9 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         print(f"children peak RSS (RUSAGE_CHILDREN): {children} KiB")
 
+        options = Options(to_version=TO)
+        sources = Source.of_file(inventory), Source.of_playbook_ref(PLAYBOOK)
+        timed("pipeline (load, check, compile)", lambda: pipeline.build(*sources, options))
         inv, inv_doc = timed("load inventory", lambda: load_inventory(inventory))
         pb, pb_doc = timed("load playbook", lambda: load_playbook(PLAYBOOK))
-        options = Options(to_version=TO)
         plan = timed("compile", lambda: compile_plan(inv, inv_doc, pb, pb_doc, options))
         text = timed("to_json", lambda: model.to_json(plan))
         if args.round_trip:

@@ -12,9 +12,8 @@ import yaml
 from orchestrator import model
 from orchestrator.engine.manager import UpgradeManager
 from orchestrator.engine.states import UpgradeState
-from orchestrator.inventory import parse_inventory_text
-from orchestrator.plan import Options, compile_plan
-from orchestrator.playbook import parse_playbook_text
+from orchestrator.pipeline import build_text
+from orchestrator.plan import Options
 from orchestrator.store.journal import Journal
 from tests.sshhosts import SSHHosts
 
@@ -128,9 +127,7 @@ def make_plan(
         fail_cmd=fail_cmd,
         approve=str(approve).lower(),
     )
-    inv, inv_doc = parse_inventory_text(inventory_text(hosts, drain=drain), "inventory.yaml")
-    pb, pb_doc = parse_playbook_text(text, "playbook.yaml")
-    return compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"))
+    return build_text(inventory_text(hosts, drain=drain), text, Options(to_version="2.0"))
 
 
 def host_state(hosts: SSHHosts, name: str) -> dict[str, Any]:

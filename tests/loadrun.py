@@ -11,10 +11,10 @@ from pathlib import Path
 
 from orchestrator.engine.manager import Upgrade, UpgradeManager
 from orchestrator.engine.states import UpgradeState
-from orchestrator.inventory import parse_inventory_text
 from orchestrator.minicloud.loadgen import LoadGenerator, LoadReport
-from orchestrator.plan import Options, compile_plan
-from orchestrator.playbook import parse_playbook_text, resolve_playbook
+from orchestrator.pipeline import build_text
+from orchestrator.plan import Options
+from orchestrator.playbook import resolve_playbook
 from orchestrator.store.journal import Journal
 
 
@@ -48,10 +48,8 @@ async def run_under_load(
     requests since the submit (an operator watching the figures before
     approving), so the count during the upgrade does not depend on how fast
     the machine rolls the hosts."""
-    inv, inv_doc = parse_inventory_text(inventory_text, "inventory.yaml")
     text = playbook if playbook is not None else resolve_playbook("minicloud").read_text()
-    pb, pb_doc = parse_playbook_text(text, "playbook.yaml")
-    plan = compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version=to_version))
+    plan = build_text(inventory_text, text, Options(to_version=to_version))
     journal = await Journal.open(journal_path)
     manager = UpgradeManager(journal)
     await manager.start()

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from orchestrator import model
-from orchestrator.inventory import parse_inventory_text
 from orchestrator.minicloud import ctl
 from orchestrator.minicloud.control import pin_drift, versions
 from orchestrator.minicloud.embedded import EmbeddedCloud, embedded_cloud
 from orchestrator.minicloud.layout import read_host_config
-from orchestrator.plan import Options, compile_plan
-from orchestrator.playbook import parse_playbook_text, resolve_playbook
+from orchestrator.pipeline import build_text
+from orchestrator.plan import Options
+from orchestrator.playbook import resolve_playbook
 from tests.test_engine_crash import _child
 
 pytestmark = [pytest.mark.slow]
@@ -84,10 +84,8 @@ async def test_sigkill_at_every_kth_event_of_a_failing_upgrade_still_rolls_back(
     faults = {"cmp-2": ["unhealthy-2.0"]}
     cloud = embedded_cloud(tmp_path / "cloud", computes=3, faults=faults, health_deadline="3s")
     async with cloud as ec:
-        inv, inv_doc = parse_inventory_text(ec.inventory_text, "inventory.yaml")
         text = resolve_playbook("minicloud").read_text()
-        pb, pb_doc = parse_playbook_text(text, "minicloud.yaml")
-        plan = compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"))
+        plan = build_text(ec.inventory_text, text, Options(to_version="2.0"))
         plan_path = tmp_path / "plan.json"
         plan_path.write_text(model.to_json(plan))
 

@@ -18,15 +18,15 @@ import yaml
 from orchestrator.engine.manager import Upgrade, UpgradeManager
 from orchestrator.engine.states import UpgradeState
 from orchestrator.errors import ConflictError
-from orchestrator.inventory import parse_inventory_text
 from orchestrator.minicloud import ctl
 from orchestrator.minicloud.control import pin_drift, versions
 from orchestrator.minicloud.embedded import EmbeddedCloud, embedded_cloud
 from orchestrator.minicloud.layout import read_host_config, staged_releases
 from orchestrator.minicloud.loadgen import LoadReport
 from orchestrator.model import Plan
-from orchestrator.plan import Options, compile_plan
-from orchestrator.playbook import parse_playbook_text, resolve_playbook
+from orchestrator.pipeline import build_text
+from orchestrator.plan import Options
+from orchestrator.playbook import resolve_playbook
 from orchestrator.store.journal import Journal
 from tests.loadrun import run_under_load
 
@@ -140,9 +140,7 @@ async def test_correct_playbook_under_load_loses_nothing(tmp_path: Path) -> None
 
 
 def _plan(ec: EmbeddedCloud, playbook: str) -> Plan:
-    inv, inv_doc = parse_inventory_text(ec.inventory_text, "inventory.yaml")
-    pb, pb_doc = parse_playbook_text(playbook, "playbook.yaml")
-    return compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"))
+    return build_text(ec.inventory_text, playbook, Options(to_version="2.0"))
 
 
 @pytest.mark.timeout(300)
