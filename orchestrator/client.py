@@ -36,6 +36,8 @@ from orchestrator import events
 from orchestrator.api.endpoint import ADDRESS_FILE, DEFAULT_LISTEN, TOKEN_FILE, default_state_dir
 from orchestrator.errors import (
     ConflictError,
+    DaemonUnavailable,
+    EventFormatError,
     InputError,
     NotFoundError,
     OrchestratorError,
@@ -45,13 +47,6 @@ from orchestrator.errors import (
 
 RECONNECT_DEADLINE = 60.0
 REFRESH = 0.25  # the live display redraws at most this often
-
-
-class DaemonUnavailable(OrchestratorError):
-    """The daemon cannot be reached, refused the token, or is shutting down."""
-
-    exit_code = 3
-    http_status = 503
 
 
 # --- where the daemon is -------------------------------------------------------
@@ -281,7 +276,7 @@ def describe_event(event: Mapping[str, Any]) -> str | None:
     stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
     try:
         ev = events.parse(event["kind"], event["data"])
-    except events.EventFormatError:
+    except EventFormatError:
         return f"{stamp} {event['kind']} (written by a newer release)"
     text = _describe(ev)
     return None if text is None else f"{stamp} {text}"

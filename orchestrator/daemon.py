@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
-import secrets
 import signal
 import socket
 import ssl
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +26,18 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from orchestrator import statedir
 from orchestrator.api import keys
 from orchestrator.api.app import AccessLogger, make_app
 from orchestrator.api.endpoint import ADDRESS_FILE, DEFAULT_LISTEN, TOKEN_FILE
 from orchestrator.api.metrics import Metrics
 from orchestrator.engine.manager import UpgradeManager
-from orchestrator.errors import ConflictError, UsageError
+from orchestrator.errors import UsageError
 from orchestrator.store.journal import Journal
 
 log = structlog.get_logger("orchestrator.daemon")
 
 JOURNAL_FILE = "journal.sqlite3"
-LOCK_FILE = "daemon.lock"
 SHUTDOWN_GRACE = 5.0  # seconds open requests (event streams) get once the app stops
 BACKLOG = 128  # aiohttp's own default for the sockets it binds
 
@@ -77,31 +74,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load_or_create_token(path: Path) -> str:
-    """Read the token, or write a new random one to a 0600 file. A token file
-    that others can read is refused, the way ssh refuses an open private key."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: the token file's directory does not exist") from None
-    except FileExistsError:
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise UsageError(
-                f"{path}: token file is accessible by others (mode {stat.filemode(mode)}); "
-                f"chmod 600 {path}"
-            ) from None
-        token = path.read_text(encoding="utf-8").strip()
-        if len(token) < 16:
-            raise UsageError(f"{path}: token is empty or shorter than 16 characters") from None
-        return token
-    token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(token + "\n")
-    log.info("generated a new API token", token_file=str(path))
-    return token
-
-
 def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     if cert is None and key is None:
         return None
@@ -113,26 +85,6 @@ def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
     return context
-
-
-@contextlib.contextmanager
-def state_lock(state_dir: Path) -> Iterator[None]:
-    """One daemon per state directory: two would run the same upgrades twice."""
-    path = state_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise ConflictError(
-                f"another daemon (pid {holder}) is using the state directory {state_dir}"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock; a killed daemon releases it too
 
 
 def _url(address: object, tls: bool) -> str:
@@ -152,14 +104,14 @@ def _write_address(state_dir: Path, url: str) -> None:
 async def serve(config: ServeConfig) -> int:
     parse_listen(config.listen)  # a bad address fails before anything is touched
     context = tls_context(config.tls_cert, config.tls_key)
-    try:
-        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise UsageError(f"cannot create the state directory {config.state_dir}: {exc}") from None
-    with bound_socket(config.listen) as sock, state_lock(config.state_dir):
-        token = load_or_create_token(config.token_path)
+    statedir.prepare(config.state_dir)
+    with bound_socket(config.listen) as sock, statedir.lock(config.state_dir):
+        token = statedir.load_or_create_token(config.token_path)
         metrics = Metrics()
-        journal = await Journal.open(config.state_dir / JOURNAL_FILE)
+        path = config.state_dir / JOURNAL_FILE
+        for suffix in ("", "-wal", "-shm"):  # written 0644 by releases before this one
+            statedir.tighten(path.with_name(path.name + suffix))
+        journal = await Journal.open(path)
         try:
             manager = UpgradeManager(journal, on_event=metrics.observe)
             app = make_app(manager, token, metrics=metrics, max_body=config.max_body)

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from orchestrator.api.endpoint import ADDRESS_FILE, TOKEN_FILE
 from orchestrator.client import Client, Endpoint, watch
-from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.errors import DemoError, UsageError
 from orchestrator.minicloud import db
 from orchestrator.minicloud.control import pin_drift, versions
 from orchestrator.minicloud.embedded import embedded_cloud
@@ -33,10 +33,6 @@ from orchestrator.minicloud.layout import PREFIX, read_host_config
 from orchestrator.minicloud.loadgen import LoadGenerator
 
 DAEMON_START_DEADLINE = 30.0
-
-
-class DemoError(OrchestratorError):
-    """The demo could not set itself up (daemon did not start, ...)."""
 
 
 @dataclass(frozen=True, slots=True)

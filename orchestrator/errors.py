@@ -145,5 +145,81 @@ class StepFailed(OrchestratorError):
         super().__init__(f"{host}: step {step}: {reason}")
 
 
+class StateDirError(OrchestratorError):
+    """The daemon's state directory cannot be used: exit 2, or 3 when the disk is full."""
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.exit_code = 3 if full else 2
+
+
 class StoreError(OrchestratorError):
     """The journal could not be read or written (disk full, I/O error, closed, bad schema)."""
+
+
+# --- moved here so that every exception class lives in one file ---------------
+
+
+class FieldProblem(ValueError):
+    """Raised by a model validator about one of the model's own fields, so
+    the error points at that field's line rather than at the whole mapping."""
+
+    def __init__(self, at: str | tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.at = (at,) if isinstance(at, str) else at
+
+
+class TemplateError(Exception):
+    """A template failed to compile or render; `message` is operator-facing."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class MalformedBody(UsageError):
+    """The body is not JSON at all (HTTP 400); carries where it broke."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problems = [problem]
+        super().__init__(str(problem))
+
+
+class NumberTooLong(ValueError):
+    """A JSON number longer than the body accepts (raised inside json.loads)."""
+
+
+class DrainError(OrchestratorError):
+    """A drain or undrain did not complete."""
+
+
+class PermanentTransportError(Exception):
+    """Carries a `TransportError` past the connect policy: retrying would not help."""
+
+    def __init__(self, error: TransportError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Stop(Exception):
+    """Raised at a checkpoint when the upgrade is aborting or rolling back."""
+
+
+class Suspend(Exception):
+    """Raised at a checkpoint when the daemon shuts down: stop where we are,
+    change nothing; the journal lets the next daemon continue from here."""
+
+
+class EventFormatError(ValueError):
+    """An event in the journal that this release cannot read."""
+
+
+class DaemonUnavailable(OrchestratorError):
+    """The daemon cannot be reached, refused the token, or is shutting down."""
+
+    exit_code = 3
+    http_status = 503
+
+
+class DemoError(OrchestratorError):
+    """The demo could not set itself up (daemon did not start, ...)."""

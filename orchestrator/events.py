@@ -13,11 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+from orchestrator.errors import EventFormatError
+
 FORMAT = 1
-
-
-class EventFormatError(ValueError):
-    """An event in the journal that this release cannot read."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,15 +12,6 @@ from pydantic import BeforeValidator, ConfigDict
 STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
-class FieldProblem(ValueError):
-    """Raised by a model validator about one of the model's own fields, so
-    the error points at that field's line rather than at the whole mapping."""
-
-    def __init__(self, at: str | tuple[str, ...], message: str) -> None:
-        super().__init__(message)
-        self.at = (at,) if isinstance(at, str) else at
-
-
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 

@@ -7,6 +7,7 @@ checked after the shape is valid, with the same locations.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -14,8 +15,8 @@ from typing import Any, Literal
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from orchestrator.errors import InputError, Problem
-from orchestrator.fields import STRICT, Duration, FieldProblem
+from orchestrator.errors import FieldProblem, InputError, Problem
+from orchestrator.fields import STRICT, Duration
 from orchestrator.source import Document, load_file, load_text, suggest, validate
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -190,6 +191,22 @@ class Role(BaseModel):
     drain: Drain | None = None
 
 
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def check_address(value: str) -> str:
+    """An IP address (v4 or v6) or an RFC 1123 host name, else ValueError."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    name = value.removesuffix(".")
+    if 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split(".")):
+        return value
+    raise ValueError(f"{value!r} is neither an IP address nor a host name (RFC 1123)")
+
+
 class Host(BaseModel):
     model_config = STRICT
     address: str = Field(min_length=1)
@@ -197,6 +214,11 @@ class Host(BaseModel):
     zone: str | None = None
     ssh: SSHOverride | None = None
     vars: dict[str, Any] = {}
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return check_address(value)
 
 
 class Inventory(BaseModel):

@@ -15,13 +15,13 @@ from packaging.version import Version
 
 from orchestrator import model
 from orchestrator.batching import Member, cut_batches
-from orchestrator.errors import InputError, Problem
+from orchestrator.errors import InputError, Problem, TemplateError
 from orchestrator.fields import check_version, parse_size, resolve_size
 from orchestrator.inventory import Inventory
 from orchestrator.playbook import Phase, Playbook
 from orchestrator.playbook import Step as StepSpec
 from orchestrator.source import Document, PathKey, suggest
-from orchestrator.templating import Flavour, Namespace, Secrets, TemplateError, render
+from orchestrator.templating import Flavour, Namespace, Secrets, render
 
 
 @dataclass(frozen=True, slots=True)

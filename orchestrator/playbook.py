@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from orchestrator.errors import InputError, NotFoundError, Problem
-from orchestrator.fields import STRICT, Duration, FieldProblem, parse_size
+from orchestrator.errors import FieldProblem, InputError, NotFoundError, Problem
+from orchestrator.fields import STRICT, Duration, parse_size
 from orchestrator.inventory import NAME, RESERVED_VARS
 from orchestrator.source import Document, load_file, load_text, suggest, validate
 

@@ -18,8 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.errors import InputError, Problem
-from orchestrator.fields import FieldProblem
+from orchestrator.errors import FieldProblem, InputError, Problem
 
 PathKey = tuple[str | int, ...]
 

@@ -17,18 +17,11 @@ from typing import Any, Literal
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from orchestrator.errors import TemplateError
 from orchestrator.source import suggest
 
 SECRET_MARKER = re.compile(r"@@secret:([A-Za-z0-9_.-]+)@@")
 Flavour = Literal["text", "shell"]
-
-
-class TemplateError(Exception):
-    """A template failed to compile or render; `message` is operator-facing."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(message)
 
 
 class Namespace(dict[str, Any]):

@@ -10,9 +10,10 @@ import pytest
 from aiohttp import web
 
 from orchestrator import model
-from orchestrator.actions.drain import Drainer, DrainError, sessions
+from orchestrator.actions.drain import Drainer, sessions
 from orchestrator.actions.health import Checker, json_path
 from orchestrator.actions.run import run_action
+from orchestrator.errors import DrainError
 from orchestrator.transport.ssh import CommandResult, SSHPool
 from tests.sshhosts import MakeSSHHosts
 

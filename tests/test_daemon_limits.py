@@ -6,9 +6,13 @@ Authorization header answered 500)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import resource
+import stat
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -105,3 +109,99 @@ async def test_an_authorization_header_that_is_not_utf8_is_401(daemon: Daemon) -
     assert b"Traceback" not in answer
     log = daemon.log.read_text()
     assert "request crashed" not in log
+
+
+# --- the state directory (defect 8) ----------------------------------------------
+
+
+async def _serve_fails(daemon: Daemon, *extra: str) -> tuple[int, str]:
+    code, out, err = await daemon.cli("serve", "--listen", "127.0.0.1:0", *extra)
+    assert "Traceback" not in out + err
+    return code, err.strip()
+
+
+async def test_an_open_state_directory_and_journal_are_tightened(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    (state / "journal.sqlite3").touch(mode=0o644)
+    (state / "journal.sqlite3").chmod(0o644)
+    daemon = Daemon(state, tmp_path / "daemon.log")
+    await daemon.start()
+    try:
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700  # on main: kept 0755
+        for name in ("journal.sqlite3", "token", "daemon.lock", "daemon.json"):
+            assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+    finally:
+        await daemon.stop()
+
+
+async def test_a_token_file_of_another_user_or_behind_a_symlink_is_refused(
+    tmp_path: Path,
+) -> None:
+    daemon = Daemon(tmp_path / "state", tmp_path / "daemon.log")
+    real = tmp_path / "real-token"
+    real.write_text("a-token-that-is-long-enough\n")
+    real.chmod(0o600)
+    link = tmp_path / "token-link"
+    link.symlink_to(real)
+    code, err = await _serve_fails(daemon, "--token-file", str(link))
+    assert (code, err) == (
+        2,
+        f"error: {link}: the token file is a symbolic link; use the file itself",
+    )
+    if os.geteuid() == 0:  # only root can give a file away (CI runs as root)
+        os.chown(real, 65534, 65534)
+        code, err = await _serve_fails(daemon, "--token-file", str(real))
+        assert code == 2
+        assert err.startswith(f"error: {real}: the token file belongs to uid 65534"), err
+    elif os.environ.get("CI", "").lower() == "true":
+        pytest.fail("giving a token file to another user needs root, as CI is")
+
+
+def _tmpfs(tmp_path: Path, options: str) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("mounting a tmpfs needs root, as CI is", pytrace=False)
+        pytest.skip("mounting a tmpfs needs root")
+    point = tmp_path / "disk"
+    point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], check=True)
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture
+def read_only_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from _tmpfs(tmp_path, "ro,size=1m")
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    for point in _tmpfs(tmp_path, "size=64k"):
+        (point / "state").mkdir(mode=0o700)
+        with (point / "filler").open("wb", buffering=0) as out, contextlib.suppress(OSError):
+            while out.write(b"\0" * 1024):
+                pass
+        yield point / "state"
+
+
+async def test_a_read_only_state_directory_is_one_line_and_exit_2(
+    tmp_path: Path, read_only_disk: Path
+) -> None:
+    daemon = Daemon(read_only_disk, tmp_path / "daemon.log")
+    code, err = await _serve_fails(daemon)
+    assert code == 2
+    assert err.startswith(f"error: {read_only_disk}: cannot "), err
+    assert "Read-only file system" in err and len(err.splitlines()) == 1
+
+
+async def test_a_full_state_directory_is_one_line_and_exit_3(
+    tmp_path: Path, full_disk: Path
+) -> None:
+    daemon = Daemon(full_disk, tmp_path / "daemon.log")
+    code, err = await _serve_fails(daemon)
+    assert code == 3, err
+    assert "No space left on device; free some space" in err and len(err.splitlines()) == 1

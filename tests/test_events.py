@@ -10,6 +10,7 @@ import pytest
 from orchestrator import events
 from orchestrator.engine.states import HostState, PhaseState, StepState, UpgradeState
 from orchestrator.engine.view import UpgradeView
+from orchestrator.errors import EventFormatError
 
 EVERY_KIND: list[events.JournalEvent] = [
     events.UpgradeStateChanged(state="paused", reason="by hand", verify_step="s1"),
@@ -42,9 +43,9 @@ def test_a_recorded_absent_config_value_is_not_an_unrecorded_one() -> None:
 
 
 def test_newer_formats_and_malformed_events_are_refused_clearly() -> None:
-    with pytest.raises(events.EventFormatError, match="format 2: this release reads up to 1"):
+    with pytest.raises(EventFormatError, match="format 2: this release reads up to 1"):
         events.parse("gate", {"v": 2, "phase": "p", "index": 0, "ok": True, "detail": ""})
-    with pytest.raises(events.EventFormatError, match="gate event"):
+    with pytest.raises(EventFormatError, match="gate event"):
         events.parse("gate", {"phase": "p"})
     assert events.parse("something.new", {"v": 1}) is None
 

@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 
 from orchestrator import model
-from orchestrator.actions.drain import Drainer, DrainError, sessions, tcp_runtime_api
+from orchestrator.actions.drain import Drainer, sessions, tcp_runtime_api
+from orchestrator.errors import DrainError
 from orchestrator.minicloud.lb import LoadBalancer
 from orchestrator.transport.ssh import CommandResult
 

@@ -8,14 +8,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.templating import (
-    SECRET_MARKER,
-    Namespace,
-    Secrets,
-    TemplateError,
-    is_template,
-    render,
-)
+from orchestrator.errors import TemplateError
+from orchestrator.templating import SECRET_MARKER, Namespace, Secrets, is_template, render
 
 
 def _ctx(**extra: Any) -> dict[str, Any]:

@@ -22,13 +22,9 @@ import aiohttp
 
 from orchestrator import model
 from orchestrator.actions.remote import Remote
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import DrainError
 
 POLL_INTERVAL = 0.2
-
-
-class DrainError(OrchestratorError):
-    """A drain or undrain did not complete."""
 
 
 class RuntimeAPI(Protocol):

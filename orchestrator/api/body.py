@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from orchestrator.errors import InputError, Problem, UsageError
+from orchestrator.errors import InputError, MalformedBody, NumberTooLong, Problem
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 # a file name as the operator typed it, for error messages ("site/inv.yaml:3")
@@ -26,14 +26,6 @@ NOT_NULLABLE = (
     "from_version",
     "options",
 )
-
-
-class MalformedBody(UsageError):
-    """The body is not JSON at all (HTTP 400); carries where it broke."""
-
-    def __init__(self, problem: Problem) -> None:
-        self.problems = [problem]
-        super().__init__(str(problem))
 
 
 class SubmitOptions(BaseModel):
@@ -83,12 +75,8 @@ MAX_NUMBER_DIGITS = 40
 
 def _number(text: str) -> Any:
     if len(text) > MAX_NUMBER_DIGITS:
-        raise _TooLong(f"a number of {len(text)} characters (at most {MAX_NUMBER_DIGITS})")
+        raise NumberTooLong(f"a number of {len(text)} characters (at most {MAX_NUMBER_DIGITS})")
     return float(text) if any(c in text for c in ".eE") else int(text)
-
-
-class _TooLong(ValueError):
-    pass
 
 
 def _depth_within(data: Any, limit: int) -> bool:
@@ -114,7 +102,7 @@ def parse_submit(raw: bytes) -> SubmitBody:
         raise MalformedBody(
             Problem(file=BODY, line=exc.lineno, column=exc.colno, message=f"not JSON: {exc.msg}")
         ) from None
-    except _TooLong as exc:
+    except NumberTooLong as exc:
         raise MalformedBody(Problem(file=BODY, message=f"not accepted: {exc}")) from None
     except RecursionError:
         raise MalformedBody(

@@ -17,7 +17,7 @@ import structlog
 
 from orchestrator import events, model
 from orchestrator.actions.config import apply_config, read_previous
-from orchestrator.actions.drain import Drainer, DrainError
+from orchestrator.actions.drain import Drainer
 from orchestrator.actions.health import Checker
 from orchestrator.actions.remote import Remote
 from orchestrator.actions.run import RunOutcome, run_action
@@ -30,7 +30,14 @@ from orchestrator.engine.states import (
     check_transition,
 )
 from orchestrator.engine.view import UpgradeView
-from orchestrator.errors import OrchestratorError, StepFailed, TransportError
+from orchestrator.errors import (
+    DrainError,
+    OrchestratorError,
+    StepFailed,
+    Stop,
+    Suspend,
+    TransportError,
+)
 from orchestrator.secrets import SecretStore
 
 log = structlog.get_logger("orchestrator.engine")
@@ -66,15 +73,6 @@ class HostEngine(Protocol):
     def metrics_health_failure(self, phase: str, host: str) -> None: ...
 
     async def fatal(self, reason: str) -> None: ...
-
-
-class Stop(Exception):
-    """Raised at a checkpoint when the upgrade is aborting or rolling back."""
-
-
-class Suspend(Exception):
-    """Raised at a checkpoint when the daemon shuts down: stop where we are,
-    change nothing; the journal lets the next daemon continue from here."""
 
 
 HOST_FAULTS = (StepFailed, DrainError, TransportError)

@@ -19,7 +19,7 @@ from orchestrator import events, model
 from orchestrator.actions.drain import Drainer, RuntimeAPI
 from orchestrator.actions.health import Checker
 from orchestrator.actions.remote import Remote, RunRecords
-from orchestrator.engine.host import HostRunner, Stop, Suspend
+from orchestrator.engine.host import HostRunner
 from orchestrator.engine.preflight import nothing_left, probe_hosts
 from orchestrator.engine.rollback import after_cancel, rollback_all
 from orchestrator.engine.states import (
@@ -32,7 +32,14 @@ from orchestrator.engine.states import (
     check_transition,
 )
 from orchestrator.engine.view import UpgradeView
-from orchestrator.errors import ConflictError, OrchestratorError, RollbackRefused, StoreError
+from orchestrator.errors import (
+    ConflictError,
+    OrchestratorError,
+    RollbackRefused,
+    Stop,
+    StoreError,
+    Suspend,
+)
 from orchestrator.retry import journal_retry
 from orchestrator.secrets import SecretStore
 

@@ -45,7 +45,7 @@ import asyncssh
 import structlog
 from tenacity import RetryError
 
-from orchestrator.errors import HostKeyError, TransportError
+from orchestrator.errors import HostKeyError, PermanentTransportError, TransportError
 from orchestrator.model import HostTarget
 from orchestrator.retry import Sleep, connect_policy
 from orchestrator.secrets import SecretStore
@@ -81,14 +81,6 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_status == 0 and not self.timed_out
-
-
-class _Permanent(Exception):
-    """Carries a `TransportError` past the connect policy: retrying would not help."""
-
-    def __init__(self, error: TransportError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 class _Tail:
@@ -586,7 +578,7 @@ class SSHPool:
             conn: asyncssh.SSHClientConnection = await connect_policy(self._policy_sleep)(
                 self._open, target, where, options
             )
-        except _Permanent as exc:
+        except PermanentTransportError as exc:
             raise exc.error from None
         except RetryError as exc:
             attempt = exc.last_attempt
@@ -655,7 +647,7 @@ class SSHPool:
                 "if the host was reinstalled, update known_hosts after checking its key",
             ) from None
         except asyncssh.PermissionDenied as exc:
-            raise _Permanent(
+            raise PermanentTransportError(
                 TransportError(
                     target.name,
                     f"{where}: authentication as {target.user!r} failed: {_describe(exc)}",

@@ -17,7 +17,8 @@ import pytest
 from aiohttp import web
 
 from orchestrator import model
-from orchestrator.actions.drain import Drainer, DrainError, sessions
+from orchestrator.actions.drain import Drainer, sessions
+from orchestrator.errors import DrainError
 from orchestrator.minicloud.layout import free_ports
 from orchestrator.transport.ssh import SSHPool
 from tests.integration.conftest import MakeHAProxy, MakeSSHHosts
