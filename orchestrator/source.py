@@ -105,6 +105,14 @@ def load_text(text: str, name: str) -> Document:
             )
         )
     try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a JSON body's "\ud800" arrives as a lone surrogate
+        line = text.count("\n", 0, exc.start) + 1
+        raise InputError(
+            Problem(file=name, line=line, message="not valid Unicode: a lone surrogate character")
+        ) from None
+    _bound_depth(text, name)
+    try:
         node = yaml.compose(text, Loader=_Loader)
     except RecursionError:
         raise InputError(
@@ -138,6 +146,36 @@ def load_text(text: str, name: str) -> Document:
     _measure(node, name)
     doc.data = _build(node, (), doc, doc.problems)
     return doc
+
+
+_OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def _bound_depth(text: str, name: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH from the parser's events, before
+    composing: composing thousands of levels takes seconds (the resolver's
+    path stack), the events a millisecond. Syntax errors are left to compose,
+    which explains them better."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_Loader):
+            if isinstance(event, _OPEN):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    raise InputError(
+                        Problem(
+                            file=name,
+                            line=None if mark is None else mark.line + 1,
+                            column=None if mark is None else mark.column + 1,
+                            message=f"the document nests deeper than {MAX_DEPTH} levels",
+                        )
+                    )
+            elif isinstance(event, _CLOSE):
+                depth -= 1
+    except yaml.YAMLError:
+        return
 
 
 def _measure(root: yaml.Node, name: str) -> None:
@@ -229,10 +267,21 @@ def _build(node: yaml.Node, path: PathKey, doc: Document, problems: list[Problem
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, (*path, i), doc, problems) for i, item in enumerate(node.value)]
-    value = _constructor.construct_object(node, deep=True)
+    value = _construct(node, path, doc, problems)
     if value is not None and not isinstance(value, str):
         doc.texts[path] = str(node.value)
     return value
+
+
+def _construct(node: yaml.Node, path: PathKey, doc: Document, problems: list[Problem]) -> Any:
+    """A scalar's value; a tag it cannot be read as (``!!binary`` that is not
+    base64, ``!!timestamp`` that is no date) is a located problem, not a crash."""
+    try:
+        return _constructor.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+        reason = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
+        problems.append(_at(doc, node, path, f"cannot read this value: {reason}"))
+        return None
 
 
 def _syntax_hint(text: str, exc: yaml.MarkedYAMLError) -> str:
@@ -261,7 +310,7 @@ def _build_scalar_key(
     if not isinstance(node, yaml.ScalarNode):
         problems.append(_at(doc, node, path, "mapping keys must be plain strings"))
         return None
-    value = _constructor.construct_object(node)
+    value = _construct(node, path, doc, problems)
     if isinstance(value, bool | int | float) or value is None:
         # `yes:` or `1:` as a key is almost always a mistake; keep the text.
         return str(node.value)
