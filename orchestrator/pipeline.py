@@ -9,6 +9,8 @@ lists every problem in both.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,3 +103,33 @@ def build_text(inventory: str, playbook: str, options: Options) -> model.Plan:
     """The plan of two YAML texts (tests and benches)."""
     sources = Source.of_text(inventory, "inventory.yaml"), Source.of_text(playbook, "playbook.yaml")
     return build(*sources, options).plan
+
+
+def check_secret_sources(built: Built, env: Iterable[str], dirs: Iterable[str]) -> None:
+    """A daemon reads secrets only from the environment variables and the
+    directories its own configuration names: an inventory naming any other
+    source (the daemon's token file, its environment) is refused, located."""
+    allowed_env = set(env)
+    roots = [os.path.realpath(d) for d in dirs]
+    problems = []
+    for name, kind, source in built.plan.secrets:
+        if kind == "env" and source not in allowed_env:
+            why = (
+                f"environment variable {source!r} is not one the daemon lets secrets come "
+                f"from (its --config secrets.env: {', '.join(sorted(allowed_env)) or 'none'})"
+            )
+        elif kind == "file" and not any(_inside(source, root) for root in roots):
+            why = (
+                f"file {source!r} is not under a directory the daemon lets secrets come from "
+                f"(its --config secrets.dirs: {', '.join(roots) or 'none'})"
+            )
+        else:
+            continue
+        problems.append(built.inventory.problem(("secrets", name, kind), why))
+    if problems:
+        raise InputError(problems)
+
+
+def _inside(path: str, root: str) -> bool:
+    real = os.path.realpath(path)  # a symlink or '..' cannot lead out
+    return os.path.commonpath([real, root]) == root

@@ -9,9 +9,11 @@ or shown.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shlex
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +180,16 @@ def _needles(value: str) -> set[str]:
     if not value:
         return set()
     found = {value, shlex.quote(value)}
+    # what a command may turn it into on the way out: `base64`, `xxd -p`,
+    # `od`-free hex dumps, URL encoding
+    raw = value.encode("utf-8", "surrogatepass")
+    forms = {raw.hex(), raw.hex().upper()}
+    forms.update({urllib.parse.quote(raw, safe=""), urllib.parse.quote_plus(raw)})
+    for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+        text = encoded.decode("ascii")
+        forms.update({text, text.rstrip("=")})
+    # a very short secret's encodings ("ZQ", "65") would garble every output
+    found.update(form for form in forms if len(form) >= 6)
     # a multi-line secret (a key file) is printed line by line; lines as short
     # as a lone brace would garble every output and reveal nothing
     found.update(s for line in value.splitlines() if len(s := line.strip()) >= 4)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import shlex
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,17 @@ def test_redact_hides_every_form_of_every_resolvable_secret(tmp_path: Path) -> N
     text = "pw=it's a s3cret quoted='it'\"'\"'s a s3cret' line=AAAABBBBCCCC"
     assert store.redact(text) == f"pw={REDACTED} quoted={REDACTED} line={REDACTED}"
     assert store.redact("nothing secret") == "nothing secret"
+    # issue 11: what `base64`, `xxd -p` and URL encoding make of it is hidden too
+    pw = b"it's a s3cret"
+    for form in (
+        base64.b64encode(pw).decode(),
+        base64.urlsafe_b64encode(pw).decode().rstrip("="),
+        pw.hex(),
+        pw.hex().upper(),
+        urllib.parse.quote(pw.decode(), safe=""),
+        urllib.parse.quote_plus(pw.decode()),
+    ):
+        assert store.redact(f"out: {form}\n") == f"out: {REDACTED}\n", form
 
 
 @given(value=st.text(alphabet=st.characters(blacklist_characters="\x00*"), min_size=1))

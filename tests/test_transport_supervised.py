@@ -178,6 +178,26 @@ async def test_the_script_is_on_no_command_line(ssh_hosts: SSHHosts) -> None:
     assert not [c for c in ssh_hosts.commands("host-1") if value in c]
 
 
+async def test_a_health_check_or_probe_with_a_secret_is_supervised_too(
+    ssh_hosts: SSHHosts,
+) -> None:
+    """Commands without a run id (health checks, probes, drains, gates) that
+    carry a secret take the supervised path, so the value is on no command
+    line either; on main it was on the exec request's command line."""
+    value = "hunter2-" + os.urandom(4).hex()
+    secrets = SecretStore.from_plan([("db", "env", "DB_PASS")], environ={"DB_PASS": value})
+    host_dir = ssh_hosts.host_dir("host-1")
+    async with SSHPool(ssh_hosts.targets(), secrets) as pool:
+        result = await pool.run("host-1", "test @@secret:db@@ = @@secret:db@@ && echo fine")
+        plain = await pool.run("host-1", "echo no secret here")
+    assert (result.exit_status, result.output) == (0, "fine")
+    assert plain.output == "no secret here"
+    assert ssh_hosts.commands("host-1")
+    assert not [c for c in ssh_hosts.commands("host-1") if value in c]
+    assert "echo no secret here" in ssh_hosts.commands("host-1")  # the cheap path
+    assert not [p for p in host_dir.rglob("*") if p.is_file() and value in p.read_text()]
+
+
 # --- dropped and silent connections -------------------------------------------------
 
 

@@ -34,6 +34,7 @@ import posixpath
 import secrets as token
 import shlex
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
@@ -49,6 +50,7 @@ from orchestrator.errors import HostKeyError, PermanentTransportError, Transport
 from orchestrator.model import HostTarget
 from orchestrator.retry import Sleep, connect_policy
 from orchestrator.secrets import SecretStore
+from orchestrator.templating import SECRET_MARKER
 from orchestrator.transport import supervise
 from orchestrator.transport.follow import KILL_GRACE, Follower, Run
 from orchestrator.transport.follow import describe as _describe
@@ -57,6 +59,8 @@ from orchestrator.transport.supervise import Ending
 MAX_OUTPUT_CHARS = 64 * 1024
 MAX_OUTPUT_LINES = 200
 READ_CHUNK = 64 * 1024
+# the records of commands supervised only to keep a secret off the command line
+ADHOC = "adhoc"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 # unanswered keepalives before a silent peer counts as gone: asyncssh drops
 # the connection at the (count + 1)-th silent `keepalive_interval`, so the
@@ -249,6 +253,10 @@ class SSHPool:
         With a `run_id` (``UPGRADE/STEP``) it runs supervised: see the module
         docstring, `supervise` and docs/transport.md.
         """
+        if run_id is None and SECRET_MARKER.search(command):
+            # a secret must never be on a command line the host's users can read
+            # (ps, /proc): the supervised path sends the script on stdin instead
+            run_id = f"{ADHOC}/{uuid.uuid4().hex}"
         if run_id is not None:
             return await self._supervised(
                 host, command, timeout=timeout, become=become, on_line=on_line, run_id=run_id
