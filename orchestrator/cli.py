@@ -60,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="bytes per request body")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="tokens, secret sources, limits (YAML; env ORCHESTRATOR_CONFIG; docs/daemon.md)",
+    )
+    p.add_argument(
+        "--insecure-no-tls",
+        action="store_true",
+        help="allow plain HTTP beyond loopback (tokens then travel in clear text)",
+    )
     p.add_argument("--log-format", choices=["json", "console"], default="json")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -120,6 +130,24 @@ def _local_commands(sub: Any) -> None:
     p.add_argument("--dir", type=Path, default=Path("minicloud"), help="the cloud's directory")
     p.add_argument("--json", action="store_true")
 
+    tk = sub.add_parser("token", help="make API tokens for the daemon's --config")
+    tk_sub = tk.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
+    p = tk_sub.add_parser("new", help="print a new token and its line for the config's tokens:")
+    p.add_argument("name", help="who uses it (journaled as 'by' with every action)")
+    p.add_argument("--role", required=True, choices=["viewer", "operator", "approver"])
+
+
+def cmd_token(args: argparse.Namespace, out: TextIO) -> int:
+    from orchestrator import access  # noqa: PLC0415 - see cmd_demo
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", args.name) or args.name == "default":
+        raise UsageError(f"token name {args.name!r}: letters, digits, '.', '_', '-'; not 'default'")
+    token = access.new_token()
+    out.write(f"token (give it to {args.name}; it is not stored anywhere): {token}\n")
+    out.write("for the daemon's --config, under tokens:\n")
+    out.write(f"  {args.name}: {{role: {args.role}, sha256: {access.digest(token).hex()}}}\n")
+    return EXIT_OK
+
 
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
@@ -163,8 +191,15 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         max_body=args.max_body,
+        config_file=args.config or _env_path("ORCHESTRATOR_CONFIG"),
+        insecure_no_tls=args.insecure_no_tls,
     )
     return asyncio.run(serve(config))
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
 
 
 def _remote(
@@ -309,6 +344,7 @@ def cmd_minicloud(args: argparse.Namespace, out: TextIO) -> int:
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "demo": cmd_demo,
+    "token": cmd_token,
     "minicloud": cmd_minicloud,
     "plan": cmd_plan,
     "serve": cmd_serve,

@@ -38,10 +38,12 @@ from orchestrator.errors import (
     ConflictError,
     DaemonUnavailable,
     EventFormatError,
+    ForbiddenError,
     InputError,
     NotFoundError,
     OrchestratorError,
     Problem,
+    TooManyError,
     UsageError,
 )
 
@@ -88,7 +90,8 @@ def resolve_endpoint(
 # --- errors from answers ------------------------------------------------------------
 
 _BY_STATUS: dict[int, type[OrchestratorError]] = {
-    cls.http_status: cls for cls in (UsageError, InputError, NotFoundError, ConflictError)
+    cls.http_status: cls
+    for cls in (UsageError, InputError, NotFoundError, ConflictError, ForbiddenError, TooManyError)
 }
 
 

@@ -30,7 +30,9 @@ from orchestrator import statedir
 from orchestrator.api import keys
 from orchestrator.api.app import AccessLogger, make_app
 from orchestrator.api.endpoint import ADDRESS_FILE, DEFAULT_LISTEN, TOKEN_FILE
+from orchestrator.api.limits import Guard
 from orchestrator.api.metrics import Metrics
+from orchestrator.daemonconfig import load_config
 from orchestrator.engine.manager import UpgradeManager
 from orchestrator.errors import UsageError
 from orchestrator.store.journal import Journal
@@ -50,6 +52,9 @@ class ServeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_body: int = 8 * 1024 * 1024
+    config_file: Path | None = None
+    # serve plain HTTP beyond loopback anyway (the token then travels in clear text)
+    insecure_no_tls: bool = False
 
     @property
     def token_path(self) -> Path:
@@ -102,8 +107,14 @@ def _write_address(state_dir: Path, url: str) -> None:
 
 
 async def serve(config: ServeConfig) -> int:
-    parse_listen(config.listen)  # a bad address fails before anything is touched
+    host, _ = parse_listen(config.listen)  # a bad address fails before anything is touched
     context = tls_context(config.tls_cert, config.tls_key)
+    if context is None and not is_loopback(host) and not config.insecure_no_tls:
+        raise UsageError(
+            f"--listen {config.listen} reaches beyond loopback: give --tls-cert and --tls-key "
+            "(bearer tokens must not travel in clear text), or --insecure-no-tls"
+        )
+    settings = load_config(config.config_file)
     statedir.prepare(config.state_dir)
     with bound_socket(config.listen) as sock, statedir.lock(config.state_dir):
         token = statedir.load_or_create_token(config.token_path)
@@ -114,8 +125,17 @@ async def serve(config: ServeConfig) -> int:
         journal = await Journal.open(path)
         try:
             manager = UpgradeManager(journal, on_event=metrics.observe)
-            app = make_app(manager, token, metrics=metrics, max_body=config.max_body)
-            await _run(app, manager, config, context, sock)
+            app = make_app(
+                manager,
+                settings.tokens_with(token),
+                metrics=metrics,
+                max_body=config.max_body,
+                secret_sources=settings.secrets,
+                streams_per_token=settings.limits.streams_per_token,
+            )
+            limits = settings.limits
+            guard = Guard(limits.max_connections, limits.header_timeout, limits.body_timeout)
+            await _run(app, manager, config, context=context, sock=sock, guard=guard)
         finally:
             await journal.close()
     log.info("stopped")
@@ -145,21 +165,27 @@ async def _run(
     app: web.Application,
     manager: UpgradeManager,
     config: ServeConfig,
+    *,
     context: ssl.SSLContext | None,
     sock: socket.socket,
+    guard: Guard,
 ) -> None:
     host, _ = parse_listen(config.listen)
     runner = web.AppRunner(
         app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
     )
     await runner.setup()  # starts the manager: unfinished upgrades resume here
+    server: asyncio.Server | None = None
     try:
-        site = web.SockSite(runner, sock, ssl_context=context)
-        await site.start()
-        url = _url(runner.addresses[0], context is not None)
+        assert runner.server is not None
+        # aiohttp's protocol behind the connection cap and the request deadlines
+        server = await asyncio.get_running_loop().create_server(
+            guard.wrap(runner.server), sock=sock, ssl=context, backlog=BACKLOG
+        )
+        url = _url(sock.getsockname(), context is not None)
         _write_address(config.state_dir, url)
         if not is_loopback(host) and context is None:
-            log.warning("listening beyond loopback without TLS: the token travels in clear text")
+            log.warning("--insecure-no-tls: listening beyond loopback, tokens travel in clear text")
         log.info(
             "listening",
             url=url,
@@ -171,6 +197,8 @@ async def _run(
     finally:
         with contextlib.suppress(FileNotFoundError):
             (config.state_dir / ADDRESS_FILE).unlink()
+        if server is not None:
+            server.close()
         await runner.cleanup()
 
 

@@ -84,6 +84,20 @@ class NotFoundError(OrchestratorError):
     http_status = 404
 
 
+class ForbiddenError(OrchestratorError):
+    """The token is valid, but its role may not do this."""
+
+    exit_code = 4
+    http_status = 403
+
+
+class TooManyError(OrchestratorError):
+    """A per-token limit is reached (open event streams)."""
+
+    exit_code = 3
+    http_status = 429
+
+
 class ConflictError(OrchestratorError):
     """The request is valid but the current state forbids it."""
 

@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 
 from orchestrator.api.app import make_app
 from orchestrator.api.metrics import Metrics
+from orchestrator.daemonconfig import SecretSources
 from orchestrator.engine.manager import UpgradeManager
 from orchestrator.store.journal import Journal
 from tests.enginekit import inventory_text, seed
@@ -156,7 +157,9 @@ async def running_api(hosts: SSHHosts, state_dir: Path) -> AsyncIterator[Api]:
     journal = await Journal.open(state_dir / "journal.sqlite3")
     metrics = Metrics()
     manager = UpgradeManager(journal, on_event=metrics.observe)
-    app = make_app(manager, TOKEN, metrics=metrics, max_body=256 * 1024)
+    # the daemon's configuration lets one secret come from the environment
+    sources = SecretSources(env=["LAB_DB_PASSWORD"])
+    app = make_app(manager, TOKEN, metrics=metrics, max_body=256 * 1024, secret_sources=sources)
     try:
         async with TestClient(TestServer(app)) as client:
             yield Api(client, manager, metrics, hosts)

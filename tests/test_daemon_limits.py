@@ -15,11 +15,14 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+import yaml
 
-from tests.enginekit import inventory_text
+from orchestrator import access
+from tests.enginekit import inventory_text, seed
 from tests.sshhosts import MakeSSHHosts, SSHHosts
-from tests.test_api import PLAYBOOK
+from tests.test_api import PLAYBOOK, finish, release
 from tests.test_daemon_e2e import Daemon
 
 pytestmark = pytest.mark.slow
@@ -205,3 +208,222 @@ async def test_a_full_state_directory_is_one_line_and_exit_3(
     code, err = await _serve_fails(daemon)
     assert code == 3, err
     assert "No space left on device; free some space" in err and len(err.splitlines()) == 1
+
+
+# --- tokens and roles (defect 6), secret sources (defect 5) ------------------------
+
+
+def _config(tmp_path: Path, **sections: object) -> tuple[Path, dict[str, str]]:
+    """A daemon --config with one token per role; returns it and the tokens."""
+    tokens = {role: access.new_token() for role in ("viewer", "operator", "approver")}
+    entries = {
+        f"{role}-bot": {"role": role, "sha256": access.digest(token).hex()}
+        for role, token in tokens.items()
+    }
+    path = tmp_path / "orchestrator.yaml"
+    path.write_text(yaml.safe_dump({"tokens": entries, **sections}))
+    return path, tokens
+
+
+async def _call(daemon: Daemon, method: str, path: str, token: str, body: object = None) -> int:
+    status, _ = await daemon.http(
+        method, path, body, headers={"Authorization": f"Bearer {token}"}, token=False
+    )
+    return status
+
+
+async def test_every_role_is_refused_what_it_may_not_do(tmp_path: Path, hosts: SSHHosts) -> None:
+    config, tokens = _config(tmp_path)
+    daemon = Daemon(tmp_path / "state", tmp_path / "daemon.log", "--config", str(config))
+    await daemon.start()
+    try:
+        body = {
+            "inventory": inventory_text(hosts),
+            "playbook": PLAYBOOK,
+            "to_version": "2.0",
+            "dry_run": True,
+        }
+        viewer, operator, approver = tokens["viewer"], tokens["operator"], tokens["approver"]
+        assert await _call(daemon, "GET", "/v1/upgrades", viewer) == 200
+        assert await _call(daemon, "GET", "/metrics", viewer) == 200
+        assert await _call(daemon, "POST", "/v1/upgrades", viewer, body) == 403
+        assert await _call(daemon, "POST", "/v1/upgrades", operator, body) == 200
+        for action in ("pause", "resume", "abort", "hosts/h/retry", "hosts/h/skip"):
+            assert await _call(daemon, "POST", f"/v1/upgrades/u1/{action}", viewer) == 403
+            assert await _call(daemon, "POST", f"/v1/upgrades/u1/{action}", operator) == 404
+        for action in ("approve", "rollback"):
+            assert await _call(daemon, "POST", f"/v1/upgrades/u1/{action}", operator) == 403
+            assert await _call(daemon, "POST", f"/v1/upgrades/u1/{action}", approver) == 404
+        _, answer = await daemon.http(
+            "POST",
+            "/v1/upgrades/u1/approve",
+            headers={"Authorization": f"Bearer {operator}"},
+            token=False,
+        )
+        assert answer["error"]["message"] == (
+            "token 'operator-bot' (operator) may not POST /v1/upgrades/u1/approve: that needs "
+            "the approver role"
+        )
+        code, _, err = await daemon.cli("approve", "u1", "--token", operator)
+        assert (code, err.strip()) == (4, f"error: {answer['error']['message']}")
+        assert await _call(daemon, "GET", "/v1/upgrades", daemon.token) == 200  # default
+        assert await _call(daemon, "GET", "/v1/upgrades", viewer + "x") == 401
+    finally:
+        await daemon.stop()
+
+
+async def test_the_journal_says_who_approved_and_the_status_when(
+    tmp_path: Path, hosts: SSHHosts
+) -> None:
+    seed(hosts)
+    release(hosts)
+    config, tokens = _config(tmp_path)
+    daemon = Daemon(tmp_path / "state", tmp_path / "daemon.log", "--config", str(config))
+    await daemon.start()
+    try:
+        auth = {"Authorization": f"Bearer {tokens['operator']}"}
+        body = {"inventory": inventory_text(hosts), "playbook": PLAYBOOK, "to_version": "2.0"}
+        status, created = await daemon.http("POST", "/v1/upgrades", body, headers=auth, token=False)
+        assert status == 201, created
+        upgrade_id = created["id"]
+        await daemon.wait_state(upgrade_id, "waiting_approval")
+        approver = {"Authorization": f"Bearer {tokens['approver']}"}
+        path = f"/v1/upgrades/{upgrade_id}/approve"
+        assert (await daemon.http("POST", path, headers=approver, token=False))[0] == 200
+        finish(hosts)
+        doc = await daemon.wait_state(upgrade_id, "succeeded")
+        [approval] = doc["approvals"]
+        assert (approval["phase"], approval["by"]) == ("contract", "approver-bot")
+        assert doc["created_at"] <= approval["at"] <= doc["updated_at"]
+    finally:
+        await daemon.stop()
+
+
+async def test_secrets_come_only_from_where_the_daemons_config_says(
+    tmp_path: Path, hosts: SSHHosts
+) -> None:
+    allowed = tmp_path / "secrets"
+    allowed.mkdir()
+    (allowed / "db").write_text("s3cret\n")
+    config, _ = _config(tmp_path, secrets={"env": ["DB_PASSWORD"], "dirs": [str(allowed)]})
+    daemon = Daemon(tmp_path / "state", tmp_path / "daemon.log", "--config", str(config))
+    await daemon.start()
+    try:
+        for ref, ok in (
+            ({"file": str(daemon.state_dir / "token")}, False),  # the daemon's own token
+            ({"file": str(allowed / ".." / "state" / "token")}, False),
+            ({"env": "HOME"}, False),
+            ({"env": "DB_PASSWORD"}, True),
+            ({"file": str(allowed / "db")}, True),
+        ):
+            inventory = yaml.safe_load(inventory_text(hosts))
+            inventory["secrets"] = {"t": ref}
+            body = {
+                "inventory": yaml.safe_dump(inventory),
+                "inventory_name": "cloud.yaml",
+                "playbook": PLAYBOOK,
+                "to_version": "2.0",
+                "dry_run": True,
+            }
+            status, answer = await daemon.http("POST", "/v1/upgrades", body)
+            if ok:
+                assert status == 200, answer
+                continue
+            assert status == 422, (ref, answer)
+            (problem,) = answer["error"]["problems"]
+            kind = next(iter(ref))
+            assert (problem["file"], problem["field"]) == ("cloud.yaml", f"secrets.t.{kind}")
+            assert problem["line"] is not None
+            assert "is not" in problem["message"] and "lets secrets come from" in problem["message"]
+    finally:
+        await daemon.stop()
+
+
+# --- server limits (defect 7) ------------------------------------------------------
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, within: float = 20) -> bool:
+    """The server closed (or reset) the connection, with nothing answered."""
+    try:
+        async with asyncio.timeout(within):
+            return await reader.read() == b""
+    except ConnectionResetError:
+        return True
+
+
+async def test_slow_headers_are_cut_off_and_connections_are_capped(tmp_path: Path) -> None:
+    config = tmp_path / "orchestrator.yaml"
+    config.write_text(yaml.safe_dump({"limits": {"max_connections": 4, "header_timeout": "1s"}}))
+    daemon = Daemon(tmp_path / "state", tmp_path / "daemon.log", "--config", str(config))
+    await daemon.start()
+    try:
+        # slowloris: a head that never ends is cut off after header_timeout
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await writer.drain()
+        assert await _closed_by_server(reader)
+        writer.close()
+
+        # four idle connections take every slot; a fifth is closed at once
+        held = [await asyncio.open_connection("127.0.0.1", daemon.port) for _ in range(4)]
+        await asyncio.sleep(0)  # (the server accepts them in order)
+        extra_reader, extra_writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+        assert await _closed_by_server(extra_reader, within=5)
+        extra_writer.close()
+        for _, w in held:
+            w.close()
+        # once they are gone, requests are served again
+        status = 0
+        async with asyncio.timeout(20):
+            while status != 200:
+                try:
+                    status = (await daemon.http("GET", "/healthz", token=False))[0]
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+    finally:
+        await daemon.stop()
+
+
+async def test_event_streams_are_capped_per_token(tmp_path: Path, hosts: SSHHosts) -> None:
+    config = tmp_path / "orchestrator.yaml"
+    config.write_text(yaml.safe_dump({"limits": {"streams_per_token": 1}}))
+    seed(hosts)
+    daemon = Daemon(tmp_path / "state", tmp_path / "daemon.log", "--config", str(config))
+    await daemon.start()
+    try:
+        body = {"inventory": inventory_text(hosts), "playbook": PLAYBOOK, "to_version": "2.0"}
+        status, created = await daemon.http("POST", "/v1/upgrades", body)
+        assert status == 201
+        path = f"{daemon.url}/v1/upgrades/{created['id']}/events"
+        async with (
+            aiohttp.ClientSession(headers=daemon.auth) as session,
+            session.get(path) as first,
+            session.get(path) as second,
+        ):
+            assert first.status == 200
+            assert second.status == 429
+            assert "event streams open" in (await second.json())["error"]["message"]
+        await daemon.http("POST", f"/v1/upgrades/{created['id']}/abort")
+        release(hosts)
+        finish(hosts)
+    finally:
+        await daemon.stop()
+
+
+async def test_listening_beyond_loopback_needs_tls_or_insecure_no_tls(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", tmp_path / "daemon.log")
+    code, err = await _serve_fails(daemon, "--listen", "0.0.0.0:0")
+    assert code == 2
+    assert err == (
+        "error: --listen 0.0.0.0:0 reaches beyond loopback: give --tls-cert and --tls-key "
+        "(bearer tokens must not travel in clear text), or --insecure-no-tls"
+    )
+    insecure = Daemon(
+        tmp_path / "state", tmp_path / "daemon.log", "--listen", "0.0.0.0:0", "--insecure-no-tls"
+    )
+    await insecure.start()
+    try:
+        assert (await insecure.http("GET", "/healthz", token=False))[0] == 200
+        assert "--insecure-no-tls: listening beyond loopback" in insecure.log.read_text()
+    finally:
+        await insecure.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from orchestrator import access
 from orchestrator.api.app import make_app
 from orchestrator.api.openapi import SPEC
 from orchestrator.engine.manager import UpgradeManager
@@ -210,7 +212,7 @@ class ThreadedDaemon:
         self._stop = asyncio.Event()
         journal = await Journal.open(self.state_dir / "journal.sqlite3")
         try:
-            app = make_app(UpgradeManager(journal), TOKEN, max_body=256 * 1024)
+            app = make_app(UpgradeManager(journal), ROLE_TOKENS, max_body=256 * 1024)
             runner = web.AppRunner(app, shutdown_timeout=2)
             await runner.setup()
             try:
@@ -245,14 +247,44 @@ CHECKS: list[Callable[..., Any]] = [
 schema = schemathesis.openapi.from_dict(SPEC)
 
 
+# one token per role (issue 11): every operation is fuzzed with each, so a
+# viewer's or an operator's refused calls (403) must be documented and sane too
+TOKENS_BY_ROLE = {role: access.new_token() for role in access.Role}
+ROLE_TOKENS = access.Tokens(
+    [
+        access.Token(f"{role.label}-fuzz", role, access.digest(token))
+        for role, token in TOKENS_BY_ROLE.items()
+    ]
+)
+CASES: Counter[str] = Counter()
+OPERATIONS = sum(len(ops) for ops in SPEC["paths"].values())
+MIN_CASES = 1000
+
+
+@pytest.fixture(scope="module")
+def case_count() -> Iterator[Counter[str]]:
+    """At the module's end: every role's token was fuzzed at least MIN_CASES times
+    (checked when every operation ran for every role, not in a -k subset)."""
+    yield CASES
+    runs = sum(1 for key in CASES if key.startswith("op:"))
+    if runs == OPERATIONS * len(access.Role):
+        print("\nschemathesis cases per role:", {r.label: CASES[r.label] for r in access.Role})
+        for role in access.Role:
+            assert CASES[role.label] >= MIN_CASES, dict(CASES)
+
+
+@pytest.mark.parametrize("role", list(access.Role), ids=lambda r: r.label)
 @schema.parametrize()
 @hypothesis.settings(
-    max_examples=15,
+    max_examples=100,
     deadline=None,
     database=None,
     suppress_health_check=list(hypothesis.HealthCheck),
 )
 def test_schemathesis_finds_no_5xx_and_no_answer_off_the_document(
-    case: schemathesis.Case[Any], daemon_url: str
+    case: schemathesis.Case[Any], daemon_url: str, role: access.Role, case_count: Counter[str]
 ) -> None:
-    case.call_and_validate(base_url=daemon_url, headers=dict(AUTH), checks=CHECKS, timeout=10)
+    case_count[role.label] += 1
+    case_count[f"op:{role.label}:{case.operation.method} {case.operation.path}"] = 1
+    headers = {"Authorization": f"Bearer {TOKENS_BY_ROLE[role]}"}
+    case.call_and_validate(base_url=daemon_url, headers=headers, checks=CHECKS, timeout=10)

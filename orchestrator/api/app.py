@@ -10,7 +10,6 @@ when it is cleaned up.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,11 +19,14 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from orchestrator.access import Tokens, required_role
 from orchestrator.api import handlers, keys, sse
+from orchestrator.api.limits import StreamSlots
 from orchestrator.api.metrics import Metrics
 from orchestrator.api.openapi import ACTIONS, HOST_ACTIONS
+from orchestrator.daemonconfig import SecretSources
 from orchestrator.engine.manager import UpgradeManager
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ForbiddenError, OrchestratorError
 
 log = structlog.get_logger("orchestrator.api")
 
@@ -71,23 +73,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 PARSE_CONCURRENCY = max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
-def auth_middleware(token: str) -> Any:
-    expected = token.encode()
-
+def auth_middleware(tokens: Tokens) -> Any:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in PUBLIC:
             header = request.headers.get("Authorization", "")
             scheme, _, given = header.partition(" ")
-            # compare_digest on bytes: constant time whatever the input; header
-            # bytes that are not UTF-8 arrive as surrogates and must not raise
+            # header bytes that are not UTF-8 arrive as surrogates: hashed as given
             presented = given.strip().encode("utf-8", "surrogateescape")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(presented, expected):
+            token = tokens.identify(presented) if scheme.lower() == "bearer" else None
+            if token is None:
                 raise web.HTTPUnauthorized(
                     reason="a valid bearer token is required",
                     headers={"WWW-Authenticate": 'Bearer realm="orchestrator"'},
                 )
-            request[keys.WHO] = "default"
+            needed = required_role(request.method, request.path)
+            if token.role < needed:
+                raise ForbiddenError(
+                    f"token '{token.name}' ({token.role.label}) may not {request.method} "
+                    f"{request.path}: that needs the {needed.label} role"
+                )
+            request[keys.WHO] = token.name
         return await handler(request)
 
     return check
@@ -114,21 +120,23 @@ class AccessLogger(AbstractAccessLogger):
 
 def make_app(
     manager: UpgradeManager,
-    token: str,
+    token: str | Tokens,
     *,
     metrics: Metrics | None = None,
     max_body: int = MAX_BODY,
+    secret_sources: SecretSources | None = None,
+    streams_per_token: int = 16,
 ) -> web.Application:
     """The API over `manager`. Starting the app starts the manager (resuming
     unfinished upgrades); cleaning it up closes the manager (not its journal,
-    which whoever opened it closes)."""
-    if not token:
-        raise ValueError("an empty token would let anyone in")
+    which whoever opened it closes). A plain `token` is the one approver."""
+    tokens = Tokens.single(token) if isinstance(token, str) else token
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware(token)], client_max_size=max_body
+        middlewares=[error_middleware, auth_middleware(tokens)], client_max_size=max_body
     )
     app[keys.MANAGER] = manager
-    app[keys.TOKEN] = token
+    app[keys.SECRET_SOURCES] = secret_sources or SecretSources()
+    app[keys.STREAMS] = StreamSlots(streams_per_token)
     app[keys.METRICS] = metrics or Metrics()
     app[keys.STOPPING] = asyncio.Event()
     app[keys.SUBMIT_LOCK] = asyncio.Lock()

@@ -17,6 +17,7 @@ from orchestrator.api import keys
 from orchestrator.api.body import BODY, SubmitBody, parse_submit
 from orchestrator.api.metrics import CONTENT_TYPE
 from orchestrator.api.openapi import IDEMPOTENCY_KEY_PATTERN, SPEC
+from orchestrator.daemonconfig import SecretSources
 from orchestrator.engine.manager import Upgrade
 from orchestrator.engine.status import status_document, summary
 from orchestrator.errors import ConflictError, UsageError
@@ -38,8 +39,9 @@ def json_response(data: Any, status: int = 200, **kwargs: Any) -> web.Response:
 # --- building a plan from a body (runs in a worker thread) -------------------
 
 
-def build_plan(body: SubmitBody) -> model.Plan:
-    """The body's plan, through the one input pipeline the CLI uses too."""
+def build_plan(body: SubmitBody, sources: SecretSources | None = None) -> model.Plan:
+    """The body's plan, through the one input pipeline the CLI uses too; its
+    secrets only from where the daemon's configuration allows."""
     inventory = Source.of_text(body.inventory, body.inventory_name)
     if body.playbook is not None:
         playbook = Source.of_text(body.playbook, body.playbook_file)
@@ -51,7 +53,10 @@ def build_plan(body: SubmitBody) -> model.Plan:
         from_version=body.from_version,
         on_failure=body.options.on_failure,
     )
-    return pipeline.build(inventory, playbook, options).plan
+    built = pipeline.build(inventory, playbook, options)
+    allowed = sources or SecretSources()
+    pipeline.check_secret_sources(built, allowed.env, allowed.dirs)
+    return built.plan
 
 
 def plan_data(plan: model.Plan, digest: str) -> dict[str, Any]:
@@ -99,7 +104,7 @@ async def submit(request: web.Request) -> web.Response:
     body = parse_submit(await request.read())
     # off the event loop, and no more at once than the machine has cores for
     async with app[keys.PARSE_SLOTS]:
-        plan = await asyncio.to_thread(build_plan, body)
+        plan = await asyncio.to_thread(build_plan, body, app[keys.SECRET_SOURCES])
     if body.dry_run:
         digest = plan.digest
         return json_response(

@@ -6,11 +6,12 @@ import asyncio
 
 from aiohttp import web
 
+from orchestrator.api.limits import StreamSlots
 from orchestrator.api.metrics import Metrics
+from orchestrator.daemonconfig import SecretSources
 from orchestrator.engine.manager import UpgradeManager
 
 MANAGER = web.AppKey("manager", UpgradeManager)
-TOKEN = web.AppKey("token", str)
 METRICS = web.AppKey("metrics", Metrics)
 # set on the first stop signal: no new upgrades, event streams end
 STOPPING = web.AppKey("stopping", asyncio.Event)
@@ -22,3 +23,7 @@ STATUS_CACHE = web.AppKey("status_cache", dict[str, tuple[tuple[int, str | None]
 # request key: the name of the token that authenticated the request (one
 # static token today, named "default"; journaled with every control action)
 WHO = web.RequestKey("who", str)
+# where the daemon's configuration lets secrets come from (default: nowhere)
+SECRET_SOURCES = web.AppKey("secret_sources", SecretSources)
+# open event streams per token
+STREAMS = web.AppKey("streams", StreamSlots)

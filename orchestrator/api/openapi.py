@@ -228,6 +228,11 @@ SCHEMAS: dict[str, Any] = {
                 "additionalProperties": STR,
                 "description": "host -> the phase it failed in, for hosts the operator skipped",
             },
+            "approvals": {
+                "type": "array",
+                "description": "who approved which phase (the point of no return), and when",
+                "items": _obj({"phase": STR, "by": STR, "at": {"type": "number"}}),
+            },
             "phases": {"type": "array", "items": _ref("Phase")},
             "stalled": {
                 **_nullable("string"),
@@ -432,6 +437,7 @@ PATHS: dict[str, Any] = {
                 "400": _error("Last-Event-ID is not a sequence number"),
                 "401": UNAUTHORIZED,
                 "404": NOT_FOUND,
+                "429": _error("this token has as many event streams open as it may"),
             },
         }
     },
@@ -442,13 +448,23 @@ PATHS: dict[str, Any] = {
     },
 }
 
+FORBIDDEN = _error(
+    "the token's role may not do this (viewer: GET; operator: also submit, "
+    "pause, resume, abort, retry, skip; approver: also approve, rollback)"
+)
+for _methods in PATHS.values():
+    for _operation in _methods.values():
+        if "401" in _operation["responses"]:
+            _operation["responses"]["403"] = FORBIDDEN
+
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
         "title": "rolling-upgrade orchestrator",
         "version": "1",
         "description": "Submit, watch and steer rolling upgrades. Every endpoint but "
-        "/healthz needs `Authorization: Bearer <token>`.",
+        "/healthz needs `Authorization: Bearer <token>`; the token's role (viewer, operator, "
+        "approver) decides what it may do.",
     },
     "servers": [{"url": "/"}],
     "security": [{"bearer": []}],

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from orchestrator.api import keys
 from orchestrator.api.openapi import LAST_EVENT_ID_PATTERN
+from orchestrator.engine.manager import Upgrade
 from orchestrator.errors import UsageError
 from orchestrator.store.journal import Event
 
@@ -42,10 +43,15 @@ def _after(request: web.Request) -> int:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
+    up = request.app[keys.MANAGER].get(request.match_info["id"])
+    after = _after(request)
+    with request.app[keys.STREAMS].take(request.get(keys.WHO, "default")):
+        return await _stream(request, up, after)
+
+
+async def _stream(request: web.Request, up: Upgrade, after: int) -> web.StreamResponse:
     manager = request.app[keys.MANAGER]
     stopping = request.app[keys.STOPPING]
-    up = manager.get(request.match_info["id"])
-    after = _after(request)
     response = web.StreamResponse(
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -144,6 +144,9 @@ def status_document(
         },
         "next": next_action(plan, view),
         "skipped_hosts": dict(sorted(view.skipped.items())),
+        "approvals": [
+            {"phase": phase, "by": by, "at": at} for phase, (by, at) in view.approved.items()
+        ],
         "phases": phases,
     }
 

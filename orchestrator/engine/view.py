@@ -96,6 +96,8 @@ class UpgradeView:
     # the irreversible phase once it has *started*: rollback is refused from then on
     irreversible_done: str | None = None
     approvals: set[str] = field(default_factory=set)
+    # phase -> (who approved it: the token's name, when)
+    approved: dict[str, tuple[str, float]] = field(default_factory=dict)
     rollback_requested: bool = False
     # a step the upgrade is paused on until the operator has verified it by
     # hand; the resume that follows counts as that verification (journaled,
@@ -162,7 +164,7 @@ class UpgradeView:
             case events.Step():
                 _step(self, typed, at)
             case events.Control():
-                _control(self, typed)
+                _control(self, typed, at)
             case _:
                 pass  # gates, health results: in the journal, not in the state
 
@@ -238,12 +240,13 @@ def _step(view: UpgradeView, ev: events.Step, at: float) -> None:
         view.completed.remove(key)
 
 
-def _control(view: UpgradeView, ev: events.Control) -> None:
+def _control(view: UpgradeView, ev: events.Control, at: float) -> None:
     if ev.action == "resume" and view.awaiting_verification is not None:
         view.verified.add(view.awaiting_verification)
         view.awaiting_verification = None
     elif ev.action == "approve" and ev.phase:
         view.approvals.add(ev.phase)
+        view.approved[ev.phase] = (ev.by or "unknown", at)
     elif ev.action == "rollback":
         view.rollback_requested = True
     elif ev.action == "retry" and ev.phase and ev.host:
