@@ -6,7 +6,9 @@ Authorization header answered 500)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import resource
 import stat
@@ -427,3 +429,65 @@ async def test_listening_beyond_loopback_needs_tls_or_insecure_no_tls(tmp_path: 
         assert "--insecure-no-tls: listening beyond loopback" in insecure.log.read_text()
     finally:
         await insecure.stop()
+
+
+# --- secrets on the hosts (defect 4), host addresses (defect 9) ----------------------
+
+
+async def test_a_secret_is_on_no_command_line_and_its_base64_is_redacted(
+    tmp_path: Path, hosts: SSHHosts
+) -> None:
+    """On main the value was on the exec's command line ('ps' on the host), and
+    `printf %s {{ secrets.t }} | base64` put it, encoded, into the status."""
+    seed(hosts)
+    release(hosts)
+    finish(hosts)
+    value = "s3cret-" + os.urandom(6).hex()
+    config, _ = _config(tmp_path, secrets={"env": ["LAB_SECRET"]})
+    daemon = Daemon(tmp_path / "state", tmp_path / "daemon.log", "--config", str(config))
+    daemon.env["LAB_SECRET"] = value
+    await daemon.start()
+    try:
+        inventory = yaml.safe_load(inventory_text(hosts))
+        inventory["secrets"] = {"t": {"env": "LAB_SECRET"}}
+        playbook = PLAYBOOK.replace(
+            'undo: "rm -f pin"',
+            'undo: "rm -f pin"}\n      - {run: "printf %s {{ secrets.t }} | base64", '
+            "idempotent: true",
+        ).split("  - name: contract", maxsplit=1)[0]
+        body = {"inventory": yaml.safe_dump(inventory), "playbook": playbook, "to_version": "2.0"}
+        status, created = await daemon.http("POST", "/v1/upgrades", body)
+        assert status == 201, created
+        doc = await daemon.wait_state(created["id"], "succeeded", "failed")
+        assert doc["state"] == "succeeded", doc["reason"]
+        text = json.dumps(doc) + daemon.log.read_text()
+        for form in (value, base64.b64encode(value.encode()).decode()):
+            assert form not in text
+        outputs = [
+            s["output"] for b in doc["phases"][0]["batches"] for h in b["hosts"] for s in h["steps"]
+        ]
+        assert "***" in outputs
+        for name in hosts.names:
+            assert not [c for c in hosts.commands(name) if value in c], name
+    finally:
+        await daemon.stop()
+
+
+async def test_a_host_address_that_is_no_address_is_422_naming_the_field(
+    daemon: Daemon, hosts: SSHHosts
+) -> None:
+    inventory = yaml.safe_load(inventory_text(hosts))
+    first = next(iter(inventory["hosts"]))
+    inventory["hosts"][first]["address"] = "not an address!!"
+    body = {
+        "inventory": yaml.safe_dump(inventory),
+        "inventory_name": "cloud.yaml",
+        "playbook": PLAYBOOK,
+        "to_version": "2.0",
+        "dry_run": True,
+    }
+    status, answer = await daemon.http("POST", "/v1/upgrades", body)
+    assert status == 422  # on main: accepted, planned
+    (problem,) = answer["error"]["problems"]
+    assert (problem["file"], problem["field"]) == ("cloud.yaml", f"hosts.{first}.address")
+    assert "neither an IP address nor a host name" in problem["message"]
