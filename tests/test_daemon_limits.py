@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -234,6 +235,18 @@ async def _call(daemon: Daemon, method: str, path: str, token: str, body: object
     return status
 
 
+async def _dry_run(daemon: Daemon, inventory: object) -> tuple[int, Any]:
+    """Submit `inventory` (as cloud.yaml) with the lab playbook, compiling only."""
+    body = {
+        "inventory": yaml.safe_dump(inventory),
+        "inventory_name": "cloud.yaml",
+        "playbook": PLAYBOOK,
+        "to_version": "2.0",
+        "dry_run": True,
+    }
+    return await daemon.http("POST", "/v1/upgrades", body)
+
+
 async def test_every_role_is_refused_what_it_may_not_do(tmp_path: Path, hosts: SSHHosts) -> None:
     config, tokens = _config(tmp_path)
     daemon = Daemon(tmp_path / "state", tmp_path / "daemon.log", "--config", str(config))
@@ -320,14 +333,7 @@ async def test_secrets_come_only_from_where_the_daemons_config_says(
         ):
             inventory = yaml.safe_load(inventory_text(hosts))
             inventory["secrets"] = {"t": ref}
-            body = {
-                "inventory": yaml.safe_dump(inventory),
-                "inventory_name": "cloud.yaml",
-                "playbook": PLAYBOOK,
-                "to_version": "2.0",
-                "dry_run": True,
-            }
-            status, answer = await daemon.http("POST", "/v1/upgrades", body)
+            status, answer = await _dry_run(daemon, inventory)
             if ok:
                 assert status == 200, answer
                 continue
@@ -479,14 +485,7 @@ async def test_a_host_address_that_is_no_address_is_422_naming_the_field(
     inventory = yaml.safe_load(inventory_text(hosts))
     first = next(iter(inventory["hosts"]))
     inventory["hosts"][first]["address"] = "not an address!!"
-    body = {
-        "inventory": yaml.safe_dump(inventory),
-        "inventory_name": "cloud.yaml",
-        "playbook": PLAYBOOK,
-        "to_version": "2.0",
-        "dry_run": True,
-    }
-    status, answer = await daemon.http("POST", "/v1/upgrades", body)
+    status, answer = await _dry_run(daemon, inventory)
     assert status == 422  # on main: accepted, planned
     (problem,) = answer["error"]["problems"]
     assert (problem["file"], problem["field"]) == ("cloud.yaml", f"hosts.{first}.address")
