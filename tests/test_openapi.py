@@ -19,13 +19,17 @@ import schemathesis
 from aiohttp import web
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
+    allow_header_conformance,
     content_type_conformance,
+    ensure_resource_availability,
     ignored_auth,
     missing_required_header,
     negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
+    use_after_free,
 )
 
 from orchestrator import access
@@ -243,6 +247,10 @@ CHECKS: list[Callable[..., Any]] = [
     negative_data_rejection,
     missing_required_header,
     ignored_auth,
+    unsupported_method,
+    allow_header_conformance,
+    use_after_free,
+    ensure_resource_availability,
 ]
 schema = schemathesis.openapi.from_dict(SPEC)
 
