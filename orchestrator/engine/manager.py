@@ -20,7 +20,7 @@ import structlog
 from orchestrator import model
 from orchestrator.actions.drain import tcp_runtime_api
 from orchestrator.actions.health import Checker
-from orchestrator.engine.preflight import Earlier, nothing_to_do
+from orchestrator.engine.preflight import Earlier, done_by_earlier, nothing_to_do
 from orchestrator.engine.runner import Engine
 from orchestrator.engine.states import UpgradeState
 from orchestrator.engine.view import UpgradeView
@@ -158,15 +158,18 @@ class UpgradeManager:
     async def _refuse_nothing_to_do(self, plan: model.Plan) -> None:
         """409 before anything runs when the cloud is already where the plan
         leads and its point of no return is behind it (only reads hosts)."""
+        earlier = (Earlier(up.id, up.plan, up.view) for up in self.upgrades.values())
+        why = done_by_earlier(plan, earlier)
+        if why is None:
+            return  # the usual submit: no host is contacted
         assert self.session is not None
-        earlier = [Earlier(up.id, up.plan, up.view) for up in self.upgrades.values()]
         pool = self.remote_factory(plan, SecretStore.from_plan(plan.secrets))
         try:
-            why = await nothing_to_do(plan, pool, Checker(pool, self.session), earlier)
+            nothing = await nothing_to_do(plan, Checker(pool, self.session), why)
         finally:
             await pool.close()
-        if why is not None:
-            raise ConflictError(why)
+        if nothing is not None:
+            raise ConflictError(nothing)
 
     def stalled(self) -> dict[str, str]:
         """Upgrade id -> why, for every upgrade waiting for its journal to write."""

@@ -1,11 +1,13 @@
 """What preflight reads before anything changes: each host's version probe,
 and whether the upgrade has anything left to do at all.
 
-`nothing_to_do` runs at submit, before the journal creates the upgrade: a
-cloud whose every host reports the target and whose point of no return is
-already behind it is answered 409 instead of being run (a run would pin the
-fleet back to the old RPC version, fail the contract gate, and roll back).
-It only reads: version probes and the irreversible phase's step `check`s.
+At submit, before the journal creates the upgrade, `done_by_earlier` asks
+the journal whether the point of no return is already behind these hosts,
+and only then `nothing_to_do` asks their version probes: a cloud already
+where the plan leads is answered 409 instead of being run (a run would pin
+the fleet back to the old RPC version, fail the contract gate, and roll
+back). Without a journal record, `nothing_left` decides after preflight,
+from the probes and the irreversible phase's step `check`s. All only read.
 """
 
 from __future__ import annotations
@@ -59,10 +61,12 @@ def _phase_hosts(phase: model.Phase) -> list[model.HostPlan]:
     return [hp for batch in phase.batches for hp in batch.hosts]
 
 
-def _done_by_earlier(
-    plan: model.Plan, phase: model.Phase, earlier: Iterable[Earlier]
-) -> str | None:
-    """An earlier upgrade to the same release finished this phase on the same hosts."""
+def done_by_earlier(plan: model.Plan, earlier: Iterable[Earlier]) -> str | None:
+    """An earlier upgrade to the same release finished the plan's irreversible
+    phase on the same hosts: the journal alone answers, no host is asked."""
+    phase = plan.irreversible_phase()
+    if phase is None:
+        return None
     mine = _endpoints_of(plan, (hp.host for hp in _phase_hosts(phase)))
     for other in earlier:
         if other.plan.to_version != plan.to_version:
@@ -91,21 +95,13 @@ async def _done_by_checks(remote: Remote, phase: model.Phase) -> str | None:
     return "its steps' checks pass"
 
 
-async def nothing_to_do(
-    plan: model.Plan, remote: Remote, checker: Checker, earlier: Iterable[Earlier]
-) -> str | None:
-    """At submit: why there is nothing to do, or None when there may be. Only
-    when the journal shows the point of no return passed on these hosts are
-    the hosts' versions asked; the usual submit contacts no host."""
+async def nothing_to_do(plan: model.Plan, checker: Checker, why: str) -> str | None:
+    """At submit, once `done_by_earlier` said `why` the point of no return is
+    behind: the 409's message if every host also reports the target, else None."""
     phase = plan.irreversible_phase()
-    if phase is None:
-        return None
-    why = _done_by_earlier(plan, phase, earlier)
-    if why is None:
-        return None
     probes = version_probes(plan)
     worked = _worked(plan)
-    if not worked or any(h not in probes for h in worked):
+    if phase is None or not worked or any(h not in probes for h in worked):
         return None  # a host without a probe could be anywhere
     handshakes = asyncio.Semaphore(PREFLIGHT_CONCURRENCY)
 
@@ -157,7 +153,7 @@ class Probing(Protocol):
     remote: Remote
     checker: Checker
 
-    async def record(engine, event: events.JournalEvent) -> None: ...
+    async def record(self, event: events.JournalEvent) -> None: ...
 
 
 async def probe_hosts(engine: Probing) -> list[str]:
