@@ -113,11 +113,7 @@ def load_text(text: str, name: str) -> Document:
         ) from None
     _bound_depth(text, name)
     try:
-        node = yaml.compose(text, Loader=_Loader)
-    except RecursionError:
-        raise InputError(
-            Problem(file=name, message=f"the document nests deeper than {MAX_DEPTH} levels")
-        ) from None
+        node = yaml.compose(text, Loader=_Loader)  # at most MAX_DEPTH deep: _bound_depth
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         context = exc.context or ""
