@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import resource
 import stat
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ import yaml
 
 from orchestrator import access
 from tests.enginekit import inventory_text, seed
+from tests.mounts import fill, tmpfs
 from tests.sshhosts import MakeSSHHosts, SSHHosts
 from tests.test_api import PLAYBOOK, finish, release
 from tests.test_daemon_e2e import Daemon
@@ -165,32 +164,16 @@ async def test_a_token_file_of_another_user_or_behind_a_symlink_is_refused(
         pytest.fail("giving a token file to another user needs root, as CI is")
 
 
-def _tmpfs(tmp_path: Path, options: str) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("mounting a tmpfs needs root, as CI is", pytrace=False)
-        pytest.skip("mounting a tmpfs needs root")
-    point = tmp_path / "disk"
-    point.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], check=True)
-    try:
-        yield point
-    finally:
-        subprocess.run(["umount", "-l", str(point)], check=False)
-
-
 @pytest.fixture
 def read_only_disk(tmp_path: Path) -> Iterator[Path]:
-    yield from _tmpfs(tmp_path, "ro,size=1m")
+    yield from tmpfs(tmp_path, "ro,size=1m")
 
 
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
-    for point in _tmpfs(tmp_path, "size=64k"):
+    for point in tmpfs(tmp_path, "size=64k"):
         (point / "state").mkdir(mode=0o700)
-        with (point / "filler").open("wb", buffering=0) as out, contextlib.suppress(OSError):
-            while out.write(b"\0" * 1024):
-                pass
+        fill(point)
         yield point / "state"
 
 

@@ -6,9 +6,6 @@ filled to the last byte while a step runs."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from orchestrator.engine.states import UpgradeState
 from orchestrator.errors import ConflictError
 from orchestrator.store.journal import Journal
 from tests.enginekit import host_state, make_plan, seed
+from tests.mounts import fill, tmpfs
 from tests.sshhosts import MakeSSHHosts
 from tests.test_engine import LAST_STEP_PLAYBOOK, _until
 
@@ -30,26 +28,7 @@ AUTH = {"Authorization": "Bearer token"}
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("a tmpfs needs root, as CI is", pytrace=False)
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write until the filesystem has no byte left."""
-    filler = directory / "filler"
-    with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):
-        while out.write(b"\0" * 4096):
-            pass
-    return filler
+    yield from tmpfs(tmp_path, "size=2m")
 
 
 async def test_a_full_disk_stalls_the_upgrade_visibly_and_resume_continues_it(

@@ -20,6 +20,7 @@ from orchestrator.errors import HostKeyError
 from orchestrator.transport.ssh import SSHPool
 from tests.integration.conftest import MakeSSHHosts
 from tests.integration.servers import INSTALL_HINT
+from tests.test_transport_supervised import command_lines
 
 pytestmark = [pytest.mark.integration]
 
@@ -152,15 +153,6 @@ async def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> None
     async with asyncio.timeout(seconds):
         while not condition():  # noqa: ASYNC110 - files and logs on the host have no event
             await asyncio.sleep(0.02)
-
-
-def command_lines() -> list[str]:
-    lines = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-    return lines
 
 
 async def test_supervised_command_reports_as_before(real_sshd_hosts: MakeSSHHosts) -> None:
