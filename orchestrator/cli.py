@@ -139,8 +139,9 @@ def _local_commands(sub: Any) -> None:
 
 def cmd_token(args: argparse.Namespace, out: TextIO) -> int:
     from orchestrator import access  # noqa: PLC0415 - see cmd_demo
+    from orchestrator.daemonconfig import NAME  # noqa: PLC0415 - the config's own rule
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", args.name) or args.name == "default":
+    if not NAME.match(args.name) or args.name == access.DEFAULT_NAME:
         raise UsageError(f"token name {args.name!r}: letters, digits, '.', '_', '-'; not 'default'")
     token = access.new_token()
     out.write(f"token (give it to {args.name}; it is not stored anywhere): {token}\n")

@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from orchestrator.access import Role, Token, Tokens
+from orchestrator.access import DEFAULT_NAME, Role, Token, Tokens
 from orchestrator.errors import InputError, Problem
 from orchestrator.fields import STRICT, Duration
 from orchestrator.source import Document, load_file, validate
@@ -84,7 +84,7 @@ class DaemonConfig(BaseModel):
         for name in value:
             if not NAME.match(name):
                 raise ValueError(f"{name!r} is not a valid token name")
-            if name == "default":
+            if name == DEFAULT_NAME:
                 raise ValueError("'default' is the state directory's token; name this one else")
         return value
 
