@@ -70,6 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow plain HTTP beyond loopback (tokens then travel in clear text)",
     )
+    p.add_argument(
+        "--store",
+        help="journal store: postgresql://... shares it with other daemons, one of which "
+        "leads (env ORCHESTRATOR_STORE, which keeps a password off the command line; "
+        "default: SQLite in STATE_DIR)",
+    )
+    p.add_argument(
+        "--advertise",
+        metavar="URL",
+        help="with --store postgresql: the URL standbys redirect clients to while this "
+        "daemon leads (default: the listen address)",
+    )
+    p.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=10.0,
+        help="with --store postgresql: how long the leader's lease lasts (default: %(default)s)",
+    )
+    p.add_argument(
+        "--renew-seconds",
+        type=float,
+        default=2.0,
+        help="with --store postgresql: how often the leader renews it and a standby "
+        "looks for an expired one (default: %(default)s)",
+    )
     p.add_argument("--log-format", choices=["json", "console"], default="json")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -183,6 +208,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     # the server side (engine, SSH, HTTP app) loads only for `serve`: the client
     # commands stay quick to start
     from orchestrator.daemon import ServeConfig, serve  # noqa: PLC0415 - see above
+    from orchestrator.store.role import LeaseSettings  # noqa: PLC0415 - see above
 
     configure(args.log_format, args.log_level)
     config = ServeConfig(
@@ -194,6 +220,9 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         max_body=args.max_body,
         config_file=args.config or _env_path("ORCHESTRATOR_CONFIG"),
         insecure_no_tls=args.insecure_no_tls,
+        store=args.store or os.environ.get("ORCHESTRATOR_STORE") or None,
+        lease=LeaseSettings(lease=args.lease_seconds, renew=args.renew_seconds),
+        advertise=args.advertise,
     )
     return asyncio.run(serve(config))
 

@@ -31,6 +31,7 @@ from tenacity import (
     stop_after_delay,
     wait_exponential,
 )
+from yarl import URL
 
 from orchestrator import events
 from orchestrator.api.endpoint import ADDRESS_FILE, DEFAULT_LISTEN, TOKEN_FILE, default_state_dir
@@ -48,6 +49,7 @@ from orchestrator.errors import (
 )
 
 RECONNECT_DEADLINE = 60.0
+MAX_REDIRECTS = 3  # a standby to its leader is one
 REFRESH = 0.25  # the live display redraws at most this often
 
 
@@ -171,14 +173,24 @@ class Client:
         headers: Mapping[str, str] | None = None,
     ) -> Any:
         timeout = aiohttp.ClientTimeout(total=self._timeout)
-        try:
-            async with self.session.request(
-                method, self.endpoint.url + path, json=body, headers=headers, timeout=timeout
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise self._unreachable(exc) from None
+        url = self.endpoint.url + path
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                # a standby answers a write 307 to its leader: followed here, not
+                # by aiohttp, which would drop the token on the way to another port
+                async with self.session.request(
+                    method, url, json=body, headers=headers, timeout=timeout, allow_redirects=False
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                    location = resp.headers.get("Location")
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise self._unreachable(exc) from None
+            if status not in (307, 308) or not location:
+                break
+            url = str(URL(url).join(URL(location)))
+        else:
+            raise DaemonUnavailable(f"more than {MAX_REDIRECTS} redirects from {self.endpoint.url}")
         if status >= 400:
             raise error_from_answer(status, raw)
         return json.loads(raw)

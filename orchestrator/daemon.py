@@ -19,9 +19,10 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -35,13 +36,19 @@ from orchestrator.api.metrics import Metrics
 from orchestrator.daemonconfig import load_config
 from orchestrator.engine.manager import UpgradeManager
 from orchestrator.errors import UsageError
+from orchestrator.store.base import Store
 from orchestrator.store.journal import Journal
+from orchestrator.store.role import LeaseSettings
+
+if TYPE_CHECKING:
+    from orchestrator.peers import Peer
 
 log = structlog.get_logger("orchestrator.daemon")
 
 JOURNAL_FILE = "journal.sqlite3"
 SHUTDOWN_GRACE = 5.0  # seconds open requests (event streams) get once the app stops
 BACKLOG = 128  # aiohttp's own default for the sockets it binds
+STORE_SCHEMES = ("postgresql://", "postgres://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +62,11 @@ class ServeConfig:
     config_file: Path | None = None
     # serve plain HTTP beyond loopback anyway (the token then travels in clear text)
     insecure_no_tls: bool = False
+    # postgresql://...: a store shared with other daemons, one of which leads
+    store: str | None = None
+    lease: LeaseSettings = field(default_factory=LeaseSettings)
+    # the URL peers send clients to while this daemon leads (default: the listen address)
+    advertise: str | None = None
 
     @property
     def token_path(self) -> Path:
@@ -114,20 +126,28 @@ async def serve(config: ServeConfig) -> int:
             f"--listen {config.listen} reaches beyond loopback: give --tls-cert and --tls-key "
             "(bearer tokens must not travel in clear text), or --insecure-no-tls"
         )
+    if config.store is not None and not config.store.startswith(STORE_SCHEMES):
+        raise UsageError(
+            f"--store {_scheme(config.store)}...: expected a PostgreSQL URL "
+            "(postgresql://USER@HOST:PORT/DB); without --store the journal is SQLite in the "
+            "state directory"
+        )
     settings = load_config(config.config_file)
     statedir.prepare(config.state_dir)
     with bound_socket(config.listen) as sock, statedir.lock(config.state_dir):
         token = statedir.load_or_create_token(config.token_path)
         metrics = Metrics()
-        path = config.state_dir / JOURNAL_FILE
-        for suffix in ("", "-wal", "-shm"):  # written 0644 by releases before this one
-            statedir.tighten(path.with_name(path.name + suffix))
-        journal = await Journal.open(path)
-        try:
-            manager = UpgradeManager(journal, on_event=metrics.observe)
+        address = config.advertise or _url(sock.getsockname(), context is not None)
+        async with _store(config, address) as (journal, peer):
+            manager = UpgradeManager(
+                journal, on_event=metrics.observe, gate=peer.gate if peer else None
+            )
+            if peer is not None:
+                peer.attach(manager)
             app = make_app(
                 manager,
                 settings.tokens_with(token),
+                role=peer.leadership if peer is not None else None,
                 metrics=metrics,
                 max_body=config.max_body,
                 secret_sources=settings.secrets,
@@ -135,11 +155,38 @@ async def serve(config: ServeConfig) -> int:
             )
             limits = settings.limits
             guard = Guard(limits.max_connections, limits.header_timeout, limits.body_timeout)
-            await _run(app, manager, config, context=context, sock=sock, guard=guard)
-        finally:
-            await journal.close()
+            await _run(app, manager, config, context=context, sock=sock, guard=guard, peer=peer)
     log.info("stopped")
     return 0
+
+
+def _scheme(url: str) -> str:
+    return url.split(":", 1)[0] + ":" if ":" in url else url[:20]
+
+
+@contextlib.asynccontextmanager
+async def _store(config: ServeConfig, address: str) -> AsyncIterator[tuple[Store, Peer | None]]:
+    """The journal: SQLite in the state directory, or a shared PostgreSQL one
+    (then with this daemon's peer: its leadership among the others)."""
+    if config.store is None:
+        path = config.state_dir / JOURNAL_FILE
+        for suffix in ("", "-wal", "-shm"):  # written 0644 by releases before this one
+            statedir.tighten(path.with_name(path.name + suffix))
+        journal = await Journal.open(path)
+        try:
+            yield journal, None
+        finally:
+            await journal.close()
+        return
+    # only this daemon's second kind of store needs the driver
+    from orchestrator.peers import Peer  # noqa: PLC0415
+    from orchestrator.store.postgres import PostgresJournal  # noqa: PLC0415
+
+    shared = await PostgresJournal.open(config.store)
+    try:
+        yield shared, Peer(shared, config.store, address, config.lease)
+    finally:
+        await shared.close()
 
 
 @contextlib.contextmanager
@@ -169,6 +216,7 @@ async def _run(
     context: ssl.SSLContext | None,
     sock: socket.socket,
     guard: Guard,
+    peer: Peer | None = None,
 ) -> None:
     host, _ = parse_listen(config.listen)
     runner = web.AppRunner(
@@ -192,9 +240,14 @@ async def _run(
             token_file=str(config.token_path),
             state_dir=str(config.state_dir),
             upgrades=len(manager.upgrades),
+            store=manager.journal.where,
         )
+        if peer is not None:
+            peer.start()  # a standby until it takes the lease
         await _until_stopped(app, manager)
     finally:
+        if peer is not None:
+            await peer.stop()
         with contextlib.suppress(FileNotFoundError):
             (config.state_dir / ADDRESS_FILE).unlink()
         if server is not None:

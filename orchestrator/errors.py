@@ -171,6 +171,19 @@ class StoreError(OrchestratorError):
     """The journal could not be read or written (disk full, I/O error, closed, bad schema)."""
 
 
+class NotLeaderError(OrchestratorError):
+    """This daemon is a standby on a shared store: only the leader writes.
+    The API answers a write with 307 to the leader (503 while none is known)."""
+
+    exit_code = 3
+    http_status = 503
+
+
+class FencedError(NotLeaderError):
+    """The store refused a write: a newer leader holds the lease (its epoch
+    is higher than this daemon's). Never retried: this daemon steps down."""
+
+
 # --- moved here so that every exception class lives in one file ---------------
 
 

@@ -213,7 +213,10 @@ async def test_every_endpoint_but_healthz_needs_the_token(api: Api, method: str,
 
 async def test_healthz_needs_no_token(api: Api) -> None:
     resp = await api.client.get("/healthz")
-    assert (resp.status, await resp.json()) == (200, {"status": "ok"})
+    assert (resp.status, await resp.json()) == (
+        200,
+        {"status": "ok", "role": "leader", "store": "sqlite"},
+    )
 
 
 # --- bad input ---------------------------------------------------------------

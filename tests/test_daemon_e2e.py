@@ -303,7 +303,7 @@ async def test_rollback_and_the_409s(daemon: Daemon, hosts: SSHHosts, files: lis
 
 async def test_token_is_required_everywhere_but_healthz(daemon: Daemon) -> None:
     status, body = await daemon.http("GET", "/healthz", token=False)
-    assert (status, body) == (200, {"status": "ok"})
+    assert (status, body) == (200, {"status": "ok", "role": "leader", "store": "sqlite"})
     for method, path in [
         ("GET", "/v1/upgrades"),
         ("POST", "/v1/upgrades"),

@@ -26,7 +26,8 @@ from orchestrator.api.metrics import Metrics
 from orchestrator.api.openapi import ACTIONS, HOST_ACTIONS
 from orchestrator.daemonconfig import SecretSources
 from orchestrator.engine.manager import UpgradeManager
-from orchestrator.errors import ForbiddenError, OrchestratorError
+from orchestrator.errors import ForbiddenError, NotLeaderError, OrchestratorError
+from orchestrator.store.role import Role, SoleDaemon
 
 log = structlog.get_logger("orchestrator.api")
 
@@ -54,6 +55,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             log.error("request failed", method=request.method, path=request.path, error=str(exc))
         return error_response(exc.http_status, type(exc).__name__, str(exc), problems)
     except web.HTTPException as exc:
+        if isinstance(exc, web.HTTPTemporaryRedirect):  # a standby's 307 to the leader
+            response = error_response(exc.status, "Redirect", f"the leader is at {exc.location}")
+            response.headers["Location"] = str(exc.location)
+            return response
         if exc.status < 400:
             raise
         response = error_response(exc.status, "HTTPError", exc.reason)
@@ -118,10 +123,30 @@ class AccessLogger(AbstractAccessLogger):
         return True
 
 
+def leader_middleware(role: Role) -> Any:
+    """A standby takes no writes: an authorized POST is answered 307 to the
+    leader (same method, same body, same token), or 503 while none is known."""
+
+    @web.middleware
+    async def redirect(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "POST" and not role.leading:
+            leader = role.leader_address
+            if leader is None:
+                raise NotLeaderError(
+                    "this daemon is a standby and no leader holds the lease right now; "
+                    "retry in a few seconds"
+                )
+            raise web.HTTPTemporaryRedirect(leader.rstrip("/") + request.path_qs)
+        return await handler(request)
+
+    return redirect
+
+
 def make_app(
     manager: UpgradeManager,
     token: str | Tokens,
     *,
+    role: Role | None = None,
     metrics: Metrics | None = None,
     max_body: int = MAX_BODY,
     secret_sources: SecretSources | None = None,
@@ -131,10 +156,13 @@ def make_app(
     unfinished upgrades); cleaning it up closes the manager (not its journal,
     which whoever opened it closes). A plain `token` is the one approver."""
     tokens = Tokens.single(token) if isinstance(token, str) else token
+    role = role or SoleDaemon()
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware(tokens)], client_max_size=max_body
+        middlewares=[error_middleware, auth_middleware(tokens), leader_middleware(role)],
+        client_max_size=max_body,
     )
     app[keys.MANAGER] = manager
+    app[keys.ROLE] = role
     app[keys.SECRET_SOURCES] = secret_sources or SecretSources()
     app[keys.STREAMS] = StreamSlots(streams_per_token)
     app[keys.METRICS] = metrics or Metrics()
@@ -164,7 +192,7 @@ def make_app(
 async def _manager_lifecycle(app: web.Application) -> AsyncIterator[None]:
     manager = app[keys.MANAGER]
     started = time.monotonic()
-    await manager.start()
+    await manager.start(lead=app[keys.ROLE].leading)
     log.info(
         "manager started",
         upgrades=len(manager.upgrades),

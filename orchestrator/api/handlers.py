@@ -71,11 +71,13 @@ def _summary(up: Upgrade) -> dict[str, Any]:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness, and this daemon's role: leader or standby, with the lease's age."""
+    role = request.app[keys.ROLE].describe()
     stalled = request.app[keys.MANAGER].stalled()
     if stalled:  # a daemon that cannot journal is not healthy, whatever else it does
-        return json_response({"status": "stalled", "stalled": stalled}, status=503)
+        return json_response({"status": "stalled", "stalled": stalled, **role}, status=503)
     stopping = request.app[keys.STOPPING].is_set()
-    return json_response({"status": "stopping" if stopping else "ok"})
+    return json_response({"status": "stopping" if stopping else "ok", **role})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -83,7 +85,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    text = request.app[keys.METRICS].render(request.app[keys.MANAGER])
+    text = request.app[keys.METRICS].render(request.app[keys.MANAGER], request.app[keys.ROLE])
     return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
 
 

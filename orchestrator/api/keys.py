@@ -10,6 +10,7 @@ from orchestrator.api.limits import StreamSlots
 from orchestrator.api.metrics import Metrics
 from orchestrator.daemonconfig import SecretSources
 from orchestrator.engine.manager import UpgradeManager
+from orchestrator.store.role import Role
 
 MANAGER = web.AppKey("manager", UpgradeManager)
 METRICS = web.AppKey("metrics", Metrics)
@@ -27,3 +28,5 @@ WHO = web.RequestKey("who", str)
 SECRET_SOURCES = web.AppKey("secret_sources", SecretSources)
 # open event streams per token
 STREAMS = web.AppKey("streams", StreamSlots)
+# this daemon's place among its peers on a shared store (SQLite: the sole leader)
+ROLE = web.AppKey("role", Role)

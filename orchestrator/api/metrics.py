@@ -15,6 +15,7 @@ from orchestrator import events
 from orchestrator.engine.manager import UpgradeManager
 from orchestrator.engine.states import HostState, StepState, UpgradeState
 from orchestrator.engine.view import EventLike
+from orchestrator.store.role import Role
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -61,8 +62,10 @@ class Metrics:
         elif isinstance(typed, events.Health) and not typed.ok:
             self.health_failures[typed.phase] += 1
 
-    def render(self, manager: UpgradeManager) -> str:
+    def render(self, manager: UpgradeManager, role: Role | None = None) -> str:
         lines: list[str] = []
+        if role is not None:
+            _leadership(lines, role)
         upgrades: Counter[str] = Counter({s.label: 0 for s in UpgradeState})
         hosts: Counter[str] = Counter({s.value: 0 for s in HostState})
         for up in manager.upgrades.values():
@@ -103,6 +106,22 @@ class Metrics:
         lines.append(f"# TYPE {name} counter")
         lines.append(f"{name} {self.events}")
         return "\n".join(lines) + "\n"
+
+
+def _leadership(lines: list[str], role: Role) -> None:
+    name = "orchestrator_leader"
+    lines.append(f"# HELP {name} 1 while this daemon leads (runs the engines), 0 on a standby.")
+    lines.append(f"# TYPE {name} gauge")
+    lines.append(f"{name} {1 if role.leading else 0}")
+    renewals = role.renewals
+    name = "orchestrator_lease_renewal_seconds"
+    lines.append(f"# HELP {name} Time a renewal of the leader lease took in the store.")
+    lines.append(f"# TYPE {name} histogram")
+    for bound, count in zip(renewals.buckets, renewals.counts, strict=True):
+        lines.append(f'{name}_bucket{{le="{_num(bound)}"}} {count}')
+    lines.append(f'{name}_bucket{{le="+Inf"}} {renewals.n}')
+    lines.append(f"{name}_sum {_num(renewals.total)}")
+    lines.append(f"{name}_count {renewals.n}")
 
 
 def _gauge(lines: list[str], name: str, help_text: str, values: Counter[str]) -> None:

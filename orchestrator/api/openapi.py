@@ -245,8 +245,25 @@ SCHEMAS: dict[str, Any] = {
         {
             "status": {"type": "string", "enum": ["ok", "stopping", "stalled"]},
             "stalled": {"type": "object", "additionalProperties": STR},
+            "role": {
+                "type": "string",
+                "enum": ["leader", "standby"],
+                "description": "on a shared store one daemon leads (runs the upgrades); "
+                "the others stand by, serve reads and redirect writes to it",
+            },
+            "store": {"type": "string", "enum": ["sqlite", "postgresql"]},
+            "epoch": {**_nullable("integer"), "description": "the leader lease's epoch"},
+            "holder": STR,
+            "leader": {**_nullable("string"), "description": "the leader's API URL"},
+            "lease_age_s": {
+                **_nullable("number"),
+                "description": "seconds since the leader last renewed its lease",
+            },
+            "lease_expires_in_s": _nullable("number"),
+            "lease_s": {"type": "number"},
+            "renew_s": {"type": "number"},
         },
-        required=["status"],
+        required=["status", "role", "store"],
     ),
 }
 
@@ -452,10 +469,22 @@ FORBIDDEN = _error(
     "the token's role may not do this (viewer: GET; operator: also submit, "
     "pause, resume, abort, retry, skip; approver: also approve, rollback)"
 )
+STANDBY = {
+    "description": "this daemon is a standby on a shared store: send the same request "
+    "(method, body, token) to the leader named in Location",
+    "headers": {"Location": {"schema": STR, "description": "the same path on the leader"}},
+    "content": {"application/json": {"schema": _ref("Error")}},
+}
+NO_LEADER = _error(
+    "a standby while no daemon holds the leader lease (or this one is shutting down); retry"
+)
 for _methods in PATHS.values():
-    for _operation in _methods.values():
+    for _method, _operation in _methods.items():
         if "401" in _operation["responses"]:
             _operation["responses"]["403"] = FORBIDDEN
+        if _method == "post":
+            _operation["responses"]["307"] = STANDBY
+            _operation["responses"].setdefault("503", NO_LEADER)
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",

@@ -3,6 +3,13 @@
 The daemon's HTTP handlers and the tests both drive upgrades through this
 one object; it owns the journal, an SSH pool per upgrade and one engine per
 unfinished upgrade.
+
+On a shared store the manager is either leading (engines run, it writes)
+or a standby: it runs no engine and writes nothing, and keeps its views
+current by following what the leader commits (`follow`). `promote` makes
+it the leader exactly as a restart does: every upgrade is read back from
+the store and every unfinished one resumes; `demote` stops its engines at
+once, journaling nothing (the store would refuse it anyway).
 """
 
 from __future__ import annotations
@@ -24,9 +31,9 @@ from orchestrator.engine.preflight import Earlier, done_by_earlier, nothing_to_d
 from orchestrator.engine.runner import Engine
 from orchestrator.engine.states import UpgradeState
 from orchestrator.engine.view import UpgradeView
-from orchestrator.errors import ConflictError, NotFoundError
+from orchestrator.errors import ConflictError, NotFoundError, NotLeaderError
 from orchestrator.secrets import SecretStore
-from orchestrator.store.journal import Event, Journal
+from orchestrator.store.base import Event, Store
 from orchestrator.transport.ssh import SSHPool
 
 log = structlog.get_logger("orchestrator.manager")
@@ -53,45 +60,127 @@ def new_id() -> str:
 class UpgradeManager:
     def __init__(
         self,
-        journal: Journal,
+        journal: Store,
         *,
         remote_factory: RemoteFactory | None = None,
         on_event: Callable[[str, Event], None] | None = None,
+        gate: Callable[[], None] | None = None,
     ) -> None:
         self.journal = journal
         self.remote_factory = remote_factory or (lambda plan, store: SSHPool(plan.hosts, store))
         self.on_event = on_event
+        # called before every action on a host: raises when this daemon may no longer act
+        self.gate = gate
         self.upgrades: dict[str, Upgrade] = {}
         self.session: aiohttp.ClientSession | None = None
+        self.leading = True
         self._submit_lock = asyncio.Lock()
+        self._dirty: set[str] = set()
+        self._follow_wake = asyncio.Event()
+        self._follower: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Load every upgrade from the journal; resume the unfinished ones."""
+    async def start(self, *, lead: bool = True) -> None:
+        """Load every upgrade from the journal; leading, resume the unfinished ones."""
         self.session = aiohttp.ClientSession()
+        self.leading = lead
+        if not lead:
+            self._follower = asyncio.create_task(self._follow_main(), name="follow-journal")
+        await self._load(resume=lead)
+
+    async def _load(self, *, resume: bool) -> None:
+        loaded: dict[str, Upgrade] = {}
         for record in await self.journal.upgrades():
-            plan = model.from_json(await self.journal.plan_json(record.id))
-            view = UpgradeView(record.id)
-            for event in await self.journal.events(record.id):
-                view.apply(event)
-            up = Upgrade(record.id, plan, record.digest, record.inventory, record.created_at, view)
-            self.upgrades[record.id] = up
-            if not view.state.terminal:
-                log.info("resuming upgrade", upgrade=record.id, state=view.state.label)
+            loaded[record.id] = await self._read(record.id)
+        self.upgrades = loaded
+        if not resume:
+            return
+        for up in loaded.values():
+            if not up.view.state.terminal:
+                log.info("resuming upgrade", upgrade=up.id, state=up.view.state.label)
                 try:  # a journal from before leases has none: take them now
-                    await self.journal.lease(record.id, plan.endpoints())
+                    await self.journal.lease(up.id, up.plan.endpoints())
                 except ConflictError as exc:
-                    log.warning(
-                        "resuming without its host leases", upgrade=record.id, error=str(exc)
-                    )
+                    log.warning("resuming without its host leases", upgrade=up.id, error=str(exc))
                 self._engine(up).start()
+
+    async def _read(self, upgrade_id: str) -> Upgrade:
+        record = await self.journal.get(upgrade_id)
+        plan = model.from_json(await self.journal.plan_json(upgrade_id))
+        view = UpgradeView(upgrade_id)
+        for event in await self.journal.events(upgrade_id):
+            view.apply(event)
+        return Upgrade(upgrade_id, plan, record.digest, record.inventory, record.created_at, view)
+
+    # --- leading and following (a shared store) -------------------------------------
+
+    async def promote(self) -> None:
+        """This daemon leads now (its store writes with the new epoch): read
+        every upgrade back and resume the unfinished ones, as a restart does."""
+        async with self._submit_lock:
+            self.leading = True
+            await self._load(resume=True)
+        log.info("leading", upgrades=len(self.upgrades))
+
+    async def demote(self, reason: str) -> None:
+        """Stop leading: engines stop where they are, writing nothing; the next
+        leader resumes them from the journal. The views follow the store again."""
+        self.leading = False
+        engines = [up.engine for up in self.upgrades.values() if up.engine is not None]
+        for engine in engines:
+            engine.relinquish()
+        tasks = [e._task for e in engines if e._task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for up in self.upgrades.values():
+            up.engine = None
+            if up.pool is not None:
+                await up.pool.close()
+                up.pool = None
+        log.warning("standing by", reason=reason, stopped=len(engines))
+        self._dirty.update(self.upgrades)
+        if self._follower is None:
+            self._follower = asyncio.create_task(self._follow_main(), name="follow-journal")
+        self._follow_wake.set()
+
+    def follow(self, upgrade_id: str, seq: int) -> None:
+        """Another daemon committed up to `seq` of `upgrade_id` (called by the store)."""
+        if not self.leading:
+            self._dirty.add(upgrade_id)
+            self._follow_wake.set()
+
+    async def _follow_main(self) -> None:
+        while True:
+            await self._follow_wake.wait()
+            self._follow_wake.clear()
+            while self._dirty and not self.leading:
+                upgrade_id = self._dirty.pop()
+                try:
+                    await self._catch_up(upgrade_id)
+                except Exception as exc:  # the store is down: the next change retries
+                    log.warning("following the journal failed", upgrade=upgrade_id, error=str(exc))
+                    self._dirty.add(upgrade_id)
+                    await asyncio.sleep(1.0)
+
+    async def _catch_up(self, upgrade_id: str) -> None:
+        up = self.upgrades.get(upgrade_id)
+        if up is None:
+            self.upgrades[upgrade_id] = await self._read(upgrade_id)
+            return
+        for event in await self.journal.events(upgrade_id, up.view.last_seq):
+            if self.leading:
+                return  # promoted meanwhile: promote read everything afresh
+            up.view.apply(event)
 
     def _engine(self, up: Upgrade) -> Engine:
         assert self.session is not None
         store = SecretStore.from_plan(up.plan.secrets)
         up.pool = self.remote_factory(up.plan, store)
+        up.pool.gate = self.gate
         balancers = {lb.name: lb for lb in up.plan.load_balancers}
 
         async def runtime_api(lb: model.LoadBalancerTarget, command: str) -> str:
+            if self.gate is not None:
+                self.gate()
             target = balancers[lb.name]
             if target.address is not None:
                 return await tcp_runtime_api(target.address, command)
@@ -124,7 +213,8 @@ class UpgradeManager:
     ) -> tuple[Upgrade, bool]:
         """Start an upgrade of `plan`. Returns (upgrade, created); a repeated
         idempotency key returns the first upgrade with created=False."""
-        async with self._submit_lock:  # one submit at a time: the 409 check is then exact
+        async with self._submit_lock:
+            self._require_leading()  # one submit at a time: the 409 check is then exact
             if idempotency_key is not None:
                 existing = await self.journal.lookup_key(idempotency_key)
                 if existing is not None and existing in self.upgrades:
@@ -154,6 +244,10 @@ class UpgradeManager:
             self.upgrades[upgrade_id] = up
             self._engine(up).start()
             return up, True
+
+    def _require_leading(self) -> None:
+        if not self.leading:
+            raise NotLeaderError("this daemon is a standby: the leader takes submits and actions")
 
     async def _refuse_nothing_to_do(self, plan: model.Plan) -> None:
         """409 before anything runs when the cloud is already where the plan
@@ -187,6 +281,7 @@ class UpgradeManager:
 
     async def control(self, upgrade_id: str, action: str, *, by: str | None = None) -> Upgrade:
         """pause, resume, abort, approve or rollback, journaled with who ordered it."""
+        self._require_leading()
         up = self.get(upgrade_id)
         engine = up.engine
         if engine is None:
@@ -213,6 +308,7 @@ class UpgradeManager:
         self, upgrade_id: str, action: str, host: str, *, by: str | None = None
     ) -> Upgrade:
         """retry or skip a host that failed in a paused upgrade."""
+        self._require_leading()
         up = self.get(upgrade_id)
         engine = up.engine
         if engine is None:
@@ -245,6 +341,9 @@ class UpgradeManager:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
         await self.stop()
         for up in self.upgrades.values():
             if up.pool is not None:

@@ -34,6 +34,7 @@ from orchestrator.engine.states import (
 from orchestrator.engine.view import UpgradeView
 from orchestrator.errors import (
     ConflictError,
+    NotLeaderError,
     OrchestratorError,
     RollbackRefused,
     Stop,
@@ -321,6 +322,13 @@ class Engine:
         self._unstall.set()
         self._changed.set()
 
+    def relinquish(self) -> None:
+        """This daemon stopped leading: stop now, journaling nothing (the store
+        refuses this daemon's writes); the new leader resumes from the journal."""
+        self._suspend = True
+        self._unstall.set()
+        self.cancel()
+
     def cancel(self) -> None:
         """Daemon shutdown, second stage."""
         if self._task is not None:
@@ -348,6 +356,11 @@ class Engine:
                 if self._suspend:
                     raise
                 await asyncio.shield(after_cancel(self))
+                return self.view.state
+            except NotLeaderError as exc:
+                # fenced: another daemon leads and resumes this upgrade; writing
+                # "failed" would be refused too, and would be wrong
+                log.warning("engine stopped: this daemon no longer leads", reason=str(exc))
                 return self.view.state
             except Exception as exc:
                 # a bug or an unexpected fault: record it, never vanish silently

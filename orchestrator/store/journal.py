@@ -32,46 +32,14 @@ from typing import Any, TypeVar
 import structlog
 
 from orchestrator.errors import ConflictError, NotFoundError, StoreError
+from orchestrator.store.base import MAX_BATCH, Event, JournalStats, UpgradeRecord
 from orchestrator.store.sqlite import connect, load_seqs, migrate, require_upgrade
+
+__all__ = ["MAX_BATCH", "Event", "Journal", "JournalStats", "UpgradeRecord"]
 
 log = structlog.get_logger("orchestrator.journal")
 
 T = TypeVar("T")
-
-# A cap on one transaction keeps the latency of the first event in it bounded.
-MAX_BATCH = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One journaled state transition. `at` is when the writer sequenced it."""
-
-    upgrade_id: str
-    seq: int
-    at: float
-    kind: str
-    data: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class UpgradeRecord:
-    id: str
-    created_at: float
-    inventory: str
-    digest: str
-    meta: dict[str, Any]
-    last_seq: int
-    last_kind: str | None
-
-
-@dataclass(slots=True)
-class JournalStats:
-    """Counters kept by the writer thread (for tests and metrics)."""
-
-    commits: int = 0
-    events: int = 0
-    largest_batch: int = 0
-
 
 # --- requests from the event loop to the writer thread ----------------------
 
@@ -206,6 +174,10 @@ class Journal:
         for waiters in self._waiters.values():
             for waiter in waiters:
                 _settle(waiter, None, None)
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
     async def __aenter__(self) -> Journal:
         return self

@@ -216,6 +216,9 @@ class SSHPool:
         # returned; removed on the host by its next supervised command
         self._returned: dict[str, list[tuple[str, str]]] = {}
         self._follower = Follower(self._connection, self._error, self._secrets.redact, policy_sleep)
+        # called before anything that changes a host: raises to forbid it (a
+        # daemon whose leader lease has run out must not act on hosts)
+        self.gate: Callable[[], None] | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -253,6 +256,8 @@ class SSHPool:
         With a `run_id` (``UPGRADE/STEP``) it runs supervised: see the module
         docstring, `supervise` and docs/transport.md.
         """
+        if self.gate is not None:
+            self.gate()
         if run_id is None and SECRET_MARKER.search(command):
             # a secret must never be on a command line the host's users can read
             # (ps, /proc): the supervised path sends the script on stdin instead
@@ -388,6 +393,8 @@ class SSHPool:
 
         Parent directories are created; an existing file keeps its permissions.
         """
+        if self.gate is not None:
+            self.gate()
         conn = await self._connection(self.target(host))
         parent, name = posixpath.split(path)
         temporary = posixpath.join(parent, f".{name}.{token.token_hex(4)}.tmp")
@@ -416,6 +423,8 @@ class SSHPool:
 
     async def remove_file(self, host: str, path: str) -> None:
         """Remove a remote file; one that is already gone is fine."""
+        if self.gate is not None:
+            self.gate()
         conn = await self._connection(self.target(host))
         try:
             async with conn.start_sftp_client() as sftp:

@@ -1,0 +1,689 @@
+"""The journal on PostgreSQL: several daemons on one store, one of which leads.
+
+psycopg 3 (not asyncpg): it ships its own type hints, which mypy --strict
+needs; it speaks LISTEN/NOTIFY as an async iterator; its `executemany`
+sends a whole batch in one round trip (libpq pipeline mode).
+
+The same contract as the SQLite `Journal` (`orchestrator.store.base.Store`):
+* one writer task owns the write connection and commits everything queued
+  while its previous commit was in flight in ONE transaction (group
+  commit); a commit returns once PostgreSQL has it durable
+  (`synchronous_commit` is the server's, on by default);
+* sequence numbers are assigned by the writer, gapless per upgrade, and the
+  database refuses any other (`pgschema`); events are append-only there too.
+
+And what a shared store adds:
+* every write carries the epoch this daemon leads with (`lead`); the
+  database refuses a stale one (`FencedError`), after which this store
+  writes nothing more and tells `on_fenced`, so the daemon steps down;
+* a standby does not write at all (`NotLeaderError`) but follows: every
+  commit NOTIFYs the upgrades it touched, and a listener (plus a periodic
+  re-read, for a lost connection) updates what `wait_for` waits on and
+  tells `on_change`, which the manager uses to keep its views current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+import structlog
+from psycopg import conninfo
+
+from orchestrator.errors import (
+    ConflictError,
+    FencedError,
+    NotFoundError,
+    NotLeaderError,
+    StoreError,
+)
+from orchestrator.store import pgschema
+from orchestrator.store.base import MAX_BATCH, AfterCommit, Event, JournalStats, UpgradeRecord
+
+log = structlog.get_logger("orchestrator.journal")
+
+T = TypeVar("T")
+Conn = psycopg.AsyncConnection[Any]
+
+CONNECT_TIMEOUT = 5  # seconds; libpq's connect_timeout
+RESYNC = 5.0  # a standby re-reads the last sequence numbers this often anyway
+RECONNECT = 1.0
+
+
+@dataclass(slots=True)
+class _Append:
+    upgrade_id: str
+    kind: str
+    data: dict[str, Any]
+    text: str
+    future: asyncio.Future[Event]
+    release: bool = False
+
+
+@dataclass(slots=True)
+class _Create:
+    upgrade_id: str
+    plan: str
+    inventory: str
+    digest: str
+    meta: str
+    future: asyncio.Future[None]
+    endpoints: dict[str, str]
+
+
+@dataclass(slots=True)
+class _Remember:
+    key: str
+    upgrade_id: str
+    future: asyncio.Future[str]
+
+
+@dataclass(slots=True)
+class _Lease:
+    upgrade_id: str
+    endpoints: dict[str, str]
+    future: asyncio.Future[None]
+
+
+_Request = _Append | _Create | _Remember | _Lease
+
+
+def _to_json(value: Mapping[str, Any]) -> str:
+    return json.dumps(dict(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        params = conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparsable URL)"
+    user = f"{params['user']}@" if params.get("user") else ""
+    host = str(params.get("host") or "")
+    port = f":{params['port']}" if params.get("port") else ""
+    return f"postgresql://{user}{host}{port}/{params.get('dbname') or ''}"
+
+
+async def connect(url: str, *, purpose: str) -> Conn:
+    try:
+        return await psycopg.AsyncConnection.connect(
+            url,
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name=f"orchestrator {purpose}",
+            # a partitioned peer is noticed in seconds, not in TCP's hours
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+        )
+    except psycopg.Error as exc:
+        raise StoreError(f"{redact(url)}: cannot connect: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+async def migrate(conn: Conn, where: str) -> None:
+    """Create or migrate the schema; daemons starting together take turns."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (pgschema.MIGRATION_LOCK,))
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS orchestrator_schema (version integer NOT NULL)"
+        )
+        cur = await conn.execute("SELECT version FROM orchestrator_schema")
+        row = await cur.fetchone()
+        current = 0 if row is None else int(row[0])
+        if current > pgschema.SCHEMA_VERSION:
+            raise StoreError(
+                f"{where}: journal schema version {current} is newer than this "
+                f"orchestrator's ({pgschema.SCHEMA_VERSION})"
+            )
+        for statements in pgschema.MIGRATIONS[current:]:
+            for statement in statements:
+                await conn.execute(statement)
+        if row is None:
+            await conn.execute(
+                "INSERT INTO orchestrator_schema (version) VALUES (%s)", (pgschema.SCHEMA_VERSION,)
+            )
+        elif current != pgschema.SCHEMA_VERSION:
+            await conn.execute(
+                "UPDATE orchestrator_schema SET version = %s", (pgschema.SCHEMA_VERSION,)
+            )
+
+
+class PostgresJournal:
+    """Open with `await PostgresJournal.open(url)`; close with `await journal.close()`.
+
+    Writes need `await journal.lead(epoch)` first; until then (a standby)
+    they raise NotLeaderError and change nothing."""
+
+    def __init__(self, url: str, after_commit: AfterCommit | None) -> None:
+        self.url = url
+        self.stats = JournalStats()
+        self._after_commit = after_commit
+        # told (in the loop) of every upgrade whose last seq grew by another's commit
+        self.on_change: Callable[[str, int], None] | None = None
+        # told once, with the database's reason, when a write was refused as stale
+        self.on_fenced: Callable[[str], None] | None = None
+        self.epoch: int | None = None
+        self.fenced: str | None = None
+        self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
+        self._write_lock = asyncio.Lock()
+        self._read_lock = asyncio.Lock()
+        self._writer_conn: Conn | None = None
+        self._reader_conn: Conn | None = None
+        self._seqs: dict[str, int] = {}  # the writer's: last seq per upgrade, while leading
+        self._committed: dict[str, int] = {}  # known last seq, from any daemon's commits
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def where(self) -> str:
+        return redact(self.url)
+
+    # --- lifecycle -------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, url: str, *, after_commit: AfterCommit | None = None) -> PostgresJournal:
+        journal = cls(url, after_commit)
+        conn = await connect(url, purpose="journal writer")
+        try:
+            try:
+                await migrate(conn, journal.where)
+            except psycopg.Error as exc:
+                raise StoreError(f"{journal.where}: cannot migrate: {_reason(exc)}") from None
+            journal._writer_conn = conn
+            journal._committed = await journal._last_seqs()
+        except BaseException:
+            await conn.close()
+            await journal._close_reader()
+            raise
+        journal._tasks = [
+            asyncio.create_task(journal._writer_main(), name="journal-writer"),
+            asyncio.create_task(journal._listen_main(), name="journal-listener"),
+        ]
+        return journal
+
+    async def close(self) -> None:
+        """Commit everything already queued, then close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        writer, listener = self._tasks or (None, None)
+        if writer is not None:
+            self._queue.put_nowait(None)
+            await asyncio.gather(writer, return_exceptions=True)
+        if listener is not None:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+        self._fail_queued(StoreError(f"{self.where}: journal is closed"))
+        if self._writer_conn is not None:
+            await self._writer_conn.close()
+            self._writer_conn = None
+        await self._close_reader()
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                _settle(waiter, None, None)
+
+    async def _close_reader(self) -> None:
+        async with self._read_lock:
+            if self._reader_conn is not None:
+                await self._reader_conn.close()
+                self._reader_conn = None
+
+    # --- leading -------------------------------------------------------------------
+
+    async def lead(self, epoch: int) -> None:
+        """Write as the leader of `epoch` from now on. The sequence numbers are
+        re-read first: the previous leader (another daemon) wrote since."""
+        async with self._write_lock:
+            self._seqs = await self._last_seqs()
+            for upgrade_id, seq in self._seqs.items():
+                self._heard(upgrade_id, seq)
+            self.epoch, self.fenced = epoch, None
+
+    def unlead(self, reason: str) -> None:
+        """Write nothing more (a standby again): queued and later writes fail."""
+        self.epoch = None
+        self.fenced = reason
+
+    def _not_leading(self) -> NotLeaderError:
+        if self.fenced is not None:
+            return FencedError(f"{self.where}: this daemon no longer leads: {self.fenced}")
+        return NotLeaderError(f"{self.where}: this daemon is a standby; the leader writes")
+
+    # --- writes ----------------------------------------------------------------------
+
+    async def create(
+        self,
+        upgrade_id: str,
+        plan_json: str,
+        *,
+        inventory: str,
+        digest: str,
+        meta: Mapping[str, Any],
+        endpoints: Mapping[str, str] | None = None,
+    ) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        request = _Create(
+            upgrade_id, plan_json, inventory, digest, _to_json(meta), future, dict(endpoints or {})
+        )
+        self._submit(request)
+        await future
+
+    async def append(
+        self, upgrade_id: str, kind: str, data: Mapping[str, Any], *, release: bool = False
+    ) -> Event:
+        text = _to_json(data)
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._submit(_Append(upgrade_id, kind, json.loads(text), text, future, release))
+        return await future
+
+    async def lease(self, upgrade_id: str, endpoints: Mapping[str, str]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._submit(_Lease(upgrade_id, dict(endpoints), future))
+        await future
+
+    async def remember_key(self, key: str, upgrade_id: str) -> str:
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._submit(_Remember(key, upgrade_id, future))
+        return await future
+
+    def _submit(self, request: _Request) -> None:
+        if self._closed:
+            raise StoreError(f"{self.where}: journal is closed")
+        if self.epoch is None:
+            raise self._not_leading()
+        self._queue.put_nowait(request)
+
+    def _fail_queued(self, error: BaseException) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if item is not None:
+                _settle(item.future, None, error)
+
+    async def _writer_main(self) -> None:
+        stop = False
+        while not stop:
+            item = await self._queue.get()
+            batch: list[_Request] = []
+            while True:
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+                if len(batch) >= MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+            if batch:
+                async with self._write_lock:
+                    await self._commit(batch)
+
+    async def _commit(self, batch: list[_Request]) -> None:
+        epoch = self.epoch
+        if epoch is None:
+            for req in batch:
+                _settle(req.future, None, self._not_leading())
+            return
+        seqs: dict[str, int] = {}
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        events: list[Event] = []
+        try:
+            conn = await self._writer()
+            async with conn.transaction(), conn.cursor() as cur:
+                await cur.execute(
+                    "SELECT set_config('orchestrator.epoch', %s, true), orchestrator_fence(%s)",
+                    (str(epoch), epoch),
+                )
+                rows: list[tuple[str, int, float, str, str, int]] = []
+                for req in batch:
+                    last = seqs.get(req.upgrade_id, self._seqs.get(req.upgrade_id))
+                    if isinstance(req, _Append):
+                        if last is None:
+                            missing = NotFoundError(f"no upgrade {req.upgrade_id!r}")
+                            outcomes.append((req.future, None, missing))
+                            continue
+                        event = Event(req.upgrade_id, last + 1, time.time(), req.kind, req.data)
+                        if req.release:
+                            await cur.execute(
+                                "DELETE FROM leases WHERE upgrade_id = %s", (req.upgrade_id,)
+                            )
+                        seqs[req.upgrade_id] = event.seq
+                        rows.append((*_event_row(event, req.text), epoch))
+                        events.append(event)
+                        outcomes.append((req.future, event, None))
+                    else:
+                        result, error = await _apply(cur, req, last, epoch)
+                        if isinstance(req, _Create) and error is None:
+                            seqs[req.upgrade_id] = 0
+                        outcomes.append((req.future, result, error))
+                if rows:
+                    await cur.executemany(
+                        "INSERT INTO events (upgrade_id, seq, at, kind, data, epoch)"
+                        " VALUES (%s, %s, %s, %s, %s, %s)",
+                        rows,
+                    )
+                for upgrade_id, seq in seqs.items():
+                    await cur.execute(
+                        "SELECT pg_notify(%s, %s)",
+                        (pgschema.NOTIFY_CHANNEL, json.dumps([upgrade_id, seq])),
+                    )
+        except psycopg.Error as exc:
+            self._failed(batch, exc)
+            return
+        self._seqs.update(seqs)
+        self.stats.commits += 1
+        self.stats.events += len(events)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        for upgrade_id, seq in seqs.items():
+            self._heard(upgrade_id, seq, own=True)
+        if self._after_commit is not None:
+            for event in events:
+                try:
+                    self._after_commit(event)
+                except Exception:
+                    log.exception("after_commit callback failed", seq=event.seq)
+        for future, result, error in outcomes:
+            _settle(future, result, error)
+
+    def _failed(self, batch: list[_Request], exc: psycopg.Error) -> None:
+        error: BaseException
+        if exc.sqlstate == pgschema.FENCED:
+            reason = exc.diag.message_primary or _reason(exc)
+            first = self.fenced is None
+            self.unlead(reason)
+            error = self._not_leading()
+            if first:
+                log.error("the store refused a write: stepping down", reason=reason)
+                if self.on_fenced is not None:
+                    self.on_fenced(reason)
+        else:
+            if isinstance(exc, psycopg.OperationalError):
+                # the connection is gone (or going): the next batch opens a new
+                # one, and re-reads the seqs in case this COMMIT did land
+                self._drop_writer()
+            log.error("journal commit failed", store=self.where, error=_reason(exc))
+            error = StoreError(f"{self.where}: journal write failed: {_reason(exc)}")
+        for req in batch:
+            _settle(req.future, None, error)
+
+    def _drop_writer(self) -> None:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None:
+            task = asyncio.create_task(conn.close())
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _writer(self) -> Conn:
+        if self._writer_conn is None or self._writer_conn.closed:
+            self._writer_conn = await connect(self.url, purpose="journal writer")
+            self._seqs = await self._last_seqs()
+        return self._writer_conn
+
+    # --- reads -------------------------------------------------------------------------
+
+    async def _read(self, query: Callable[[Conn], Awaitable[T]]) -> T:
+        if self._closed:
+            raise StoreError(f"{self.where}: journal is closed")
+        async with self._read_lock:
+            for attempt in (1, 2):
+                try:
+                    if self._reader_conn is None or self._reader_conn.closed:
+                        self._reader_conn = await connect(self.url, purpose="journal reader")
+                    return await query(self._reader_conn)
+                except psycopg.OperationalError as exc:
+                    conn, self._reader_conn = self._reader_conn, None
+                    if conn is not None:
+                        with contextlib.suppress(psycopg.Error):
+                            await conn.close()
+                    if attempt == 2:
+                        raise StoreError(
+                            f"{self.where}: journal read failed: {_reason(exc)}"
+                        ) from None
+                except psycopg.Error as exc:
+                    raise StoreError(f"{self.where}: journal read failed: {_reason(exc)}") from None
+        raise AssertionError("unreachable")
+
+    async def _last_seqs(self) -> dict[str, int]:
+        async def query(conn: Conn) -> dict[str, int]:
+            cur = await conn.execute(pgschema.LAST_SEQS)
+            return {str(uid): int(seq) for uid, seq in await cur.fetchall()}
+
+        return await self._read(query)
+
+    async def events(
+        self, upgrade_id: str, after: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        async def query(conn: Conn) -> list[Event]:
+            await _require_upgrade(conn, upgrade_id)
+            cur = await conn.execute(
+                "SELECT seq, at, kind, data FROM events"
+                " WHERE upgrade_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (upgrade_id, after, limit),
+            )
+            return [
+                Event(upgrade_id, int(s), float(at), str(k), json.loads(d))
+                for s, at, k, d in await cur.fetchall()
+            ]
+
+        return await self._read(query)
+
+    async def upgrades(self) -> list[UpgradeRecord]:
+        async def query(conn: Conn) -> list[UpgradeRecord]:
+            cur = await conn.execute(pgschema.RECORDS + " ORDER BY u.created_at, u.id")
+            return [_record(row) for row in await cur.fetchall()]
+
+        return await self._read(query)
+
+    async def get(self, upgrade_id: str) -> UpgradeRecord:
+        async def query(conn: Conn) -> UpgradeRecord:
+            cur = await conn.execute(pgschema.RECORDS + " WHERE u.id = %s", (upgrade_id,))
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"no upgrade {upgrade_id!r}")
+            return _record(row)
+
+        return await self._read(query)
+
+    async def plan_json(self, upgrade_id: str) -> str:
+        async def query(conn: Conn) -> str:
+            cur = await conn.execute("SELECT plan FROM upgrades WHERE id = %s", (upgrade_id,))
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"no upgrade {upgrade_id!r}")
+            return str(row[0])
+
+        return await self._read(query)
+
+    async def lookup_key(self, key: str) -> str | None:
+        async def query(conn: Conn) -> str | None:
+            cur = await conn.execute("SELECT upgrade_id FROM idempotency WHERE key = %s", (key,))
+            row = await cur.fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read(query)
+
+    async def leases(self) -> dict[str, tuple[str, str]]:
+        async def query(conn: Conn) -> dict[str, tuple[str, str]]:
+            cur = await conn.execute(
+                "SELECT endpoint, upgrade_id, host FROM leases ORDER BY endpoint"
+            )
+            return {str(e): (str(u), str(h)) for e, u, h in await cur.fetchall()}
+
+        return await self._read(query)
+
+    async def wait_for(self, upgrade_id: str, after: int, timeout: float) -> list[Event]:
+        loop = asyncio.get_running_loop()
+        if upgrade_id not in self._committed:
+            record = await self.get(upgrade_id)  # NotFoundError if there is none
+            self._heard(upgrade_id, record.last_seq)
+        deadline = loop.time() + timeout
+        while True:
+            if self._committed[upgrade_id] > after:
+                found = await self.events(upgrade_id, after)
+                if found:
+                    return found
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            if self._closed:
+                raise StoreError(f"{self.where}: journal is closed")
+            waiter: asyncio.Future[None] = loop.create_future()
+            waiters = self._waiters.setdefault(upgrade_id, set())
+            waiters.add(waiter)
+            try:
+                await asyncio.wait({waiter}, timeout=remaining)
+            finally:
+                waiters.discard(waiter)
+
+    # --- following the other daemons' commits ---------------------------------------
+
+    def _heard(self, upgrade_id: str, seq: int, *, own: bool = False) -> None:
+        known = self._committed.get(upgrade_id)
+        if known is not None and seq <= known:
+            return
+        self._committed[upgrade_id] = seq
+        for waiter in self._waiters.pop(upgrade_id, ()):
+            _settle(waiter, None, None)
+        if not own and self.on_change is not None:
+            try:
+                self.on_change(upgrade_id, seq)
+            except Exception:
+                log.exception("on_change callback failed", upgrade=upgrade_id)
+
+    async def _listen_main(self) -> None:
+        while True:
+            conn: Conn | None = None
+            try:
+                conn = await connect(self.url, purpose="journal listener")
+                await conn.execute(f"LISTEN {pgschema.NOTIFY_CHANNEL}")
+                while True:
+                    # (re)connected, or quiet for RESYNC: re-read, so nothing is missed
+                    for upgrade_id, seq in (await self._last_seqs()).items():
+                        self._heard(upgrade_id, seq)
+                    async for note in conn.notifies(timeout=RESYNC):
+                        upgrade_id, seq = json.loads(note.payload)
+                        self._heard(str(upgrade_id), int(seq))
+            except (StoreError, psycopg.Error) as exc:
+                log.warning("journal listener reconnects", store=self.where, error=_reason(exc))
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.close()
+            await asyncio.sleep(RECONNECT)
+
+
+def _event_row(event: Event, text: str) -> tuple[str, int, float, str, str]:
+    return (event.upgrade_id, event.seq, event.at, event.kind, text)
+
+
+async def _require_upgrade(conn: Conn, upgrade_id: str) -> None:
+    cur = await conn.execute("SELECT 1 FROM upgrades WHERE id = %s", (upgrade_id,))
+    if await cur.fetchone() is None:
+        raise NotFoundError(f"no upgrade {upgrade_id!r}")
+
+
+Cursor = psycopg.AsyncCursor[Any]
+
+
+async def _apply(
+    cur: Cursor, req: _Create | _Lease | _Remember, last: int | None, epoch: int
+) -> tuple[Any, BaseException | None]:
+    """Write a request that is not an event: (result, error) for its future."""
+    if isinstance(req, _Create):
+        if last is not None:
+            return None, ConflictError(f"upgrade {req.upgrade_id!r} already exists")
+        held = await _held(cur, req.upgrade_id, req.endpoints)
+        if held is not None:
+            return None, held
+        await cur.execute(
+            "INSERT INTO upgrades (id, created_at, inventory, digest, meta, plan, epoch)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (req.upgrade_id, time.time(), req.inventory, req.digest, req.meta, req.plan, epoch),
+        )
+        await _take(cur, req.upgrade_id, req.endpoints, epoch)
+        return None, None
+    if isinstance(req, _Lease):
+        if last is None:
+            return None, NotFoundError(f"no upgrade {req.upgrade_id!r}")
+        held = await _held(cur, req.upgrade_id, req.endpoints)
+        if held is None:
+            await _take(cur, req.upgrade_id, req.endpoints, epoch)
+        return None, held
+    await cur.execute(
+        "INSERT INTO idempotency (key, upgrade_id, created_at, epoch) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (key) DO NOTHING",
+        (req.key, req.upgrade_id, time.time(), epoch),
+    )
+    await cur.execute("SELECT upgrade_id FROM idempotency WHERE key = %s", (req.key,))
+    row = await cur.fetchone()
+    assert row is not None
+    return str(row[0]), None
+
+
+async def _held(cur: Cursor, upgrade_id: str, endpoints: Mapping[str, str]) -> ConflictError | None:
+    """The conflict if another upgrade holds one of `endpoints`, else None."""
+    if not endpoints:
+        return None
+    await cur.execute(
+        "SELECT endpoint, upgrade_id, host FROM leases"
+        " WHERE endpoint = ANY(%s) AND upgrade_id <> %s ORDER BY endpoint LIMIT 1",
+        (sorted(endpoints), upgrade_id),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    endpoint, holder, named = (str(v) for v in row)
+    return ConflictError(
+        f"host {endpoints[endpoint]} ({endpoint}) is held by upgrade {holder}"
+        + (f" (as {named})" if named != endpoints[endpoint] else "")
+        + ": one upgrade at a time per host"
+    )
+
+
+async def _take(cur: Cursor, upgrade_id: str, endpoints: Mapping[str, str], epoch: int) -> None:
+    if not endpoints:
+        return
+    now = time.time()
+    await cur.executemany(
+        "INSERT INTO leases (endpoint, host, upgrade_id, taken_at, epoch)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (endpoint) DO NOTHING",
+        [(endpoint, host, upgrade_id, now, epoch) for endpoint, host in endpoints.items()],
+    )
+
+
+def _record(row: tuple[Any, ...]) -> UpgradeRecord:
+    uid, created_at, inventory, digest, meta, last_seq, last_kind = row
+    return UpgradeRecord(
+        str(uid),
+        float(created_at),
+        str(inventory),
+        str(digest),
+        json.loads(meta),
+        int(last_seq),
+        None if last_kind is None else str(last_kind),
+    )
