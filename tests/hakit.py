@@ -28,8 +28,10 @@ from orchestrator.minicloud.embedded import EmbeddedCloud
 from orchestrator.playbook import resolve_playbook
 
 TOKEN = "ha-test-token-0123456789abcdef"
-# the minicloud playbook's steps that must never run twice on a host
-ONCE = ("minicloud-ctl install", "db migrate-data", "db contract")
+# the minicloud playbook's non-idempotent steps (the package installs): they
+# must never run twice on a host. The playbook marks the others idempotent
+# (migrate-data repeats by design; contract has a check that it is done)
+ONCE = ("minicloud-ctl install",)
 MARKERS = "ran-once.log"
 
 
@@ -40,7 +42,7 @@ def counted_playbook() -> str:
     for phase in data["phases"]:
         for step in phase.get("steps", []):
             run = step.get("run")
-            if isinstance(run, str) and any(part in run for part in ONCE):
+            if isinstance(run, str) and not step.get("idempotent") and any(p in run for p in ONCE):
                 step["run"] = f"echo {json.dumps(run)} >> {MARKERS} && {run}"
     return yaml.safe_dump(data, sort_keys=False)
 
@@ -55,6 +57,15 @@ def run_twice(ec: EmbeddedCloud) -> dict[str, list[str]]:
         if repeated:
             twice[host.name] = repeated
     return twice
+
+
+def ran_once(ec: EmbeddedCloud) -> dict[str, list[str]]:
+    """Host -> the counted commands that ran on it, in order."""
+    found: dict[str, list[str]] = {}
+    for host in ec.cloud.hosts:
+        path = host.directory / MARKERS
+        found[host.name] = path.read_text().splitlines() if path.exists() else []
+    return found
 
 
 def drained(ec: EmbeddedCloud) -> list[str]:
@@ -181,7 +192,7 @@ class Peers:
         self.token_file.write_text(TOKEN + "\n")
         self.token_file.chmod(0o600)
         options = ("--lease-seconds", str(self.lease), "--renew-seconds", str(self.renew))
-        for i in range(count):
+        for _ in range(count):
             peer = Peer(f"d{len(self.peers) + 1}", self.root, self.store, self.token_file, options)
             self.peers.append(peer)
         await asyncio.gather(*(p.start() for p in self.peers[-count:]))
@@ -200,7 +211,8 @@ class Peers:
                 await asyncio.sleep(0.05)
 
     def standby(self, leader: Peer) -> Peer:
-        return next(p for p in self.peers if p is not leader and p.running)
+        """A running peer other than `leader` (the leader itself if none is left)."""
+        return next((p for p in self.peers if p is not leader and p.running), leader)
 
 
 async def status(peer: Peer, upgrade_id: str) -> dict[str, Any]:
@@ -218,7 +230,7 @@ async def wait_status(
                 if peer.running:
                     try:
                         doc = await status(peer, upgrade_id)
-                    except Exception:  # noqa: BLE001 - that peer is between lives; ask another
+                    except Exception:  # that peer is between lives: ask another
                         continue
                     if done(doc):
                         return doc
