@@ -27,7 +27,7 @@ def set_epoch(url: str, epoch: int) -> None:
 
 def rows(url: str, sql: str) -> list[tuple[object, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
-        return list(conn.execute(sql).fetchall())  # type: ignore[arg-type]
+        return list(conn.execute(sql).fetchall())
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ async def test_the_database_refuses_edits_gaps_and_stale_epochs(
     with psycopg.connect(pg_url, autocommit=True) as conn:
         for sql, sqlstate in refused.items():
             with pytest.raises(psycopg.Error) as caught:
-                conn.execute(sql)  # type: ignore[arg-type]
+                conn.execute(sql)
             assert caught.value.sqlstate == sqlstate, sql
     assert [e.seq for e in await journal.events("u1")] == [1]
     assert await journal.leases() == {"10.0.0.1:22": ("u1", "cmp-1")}
