@@ -33,6 +33,16 @@ import structlog
 
 from orchestrator.errors import ConflictError, NotFoundError, StoreError
 from orchestrator.store.base import MAX_BATCH, Event, JournalStats, UpgradeRecord
+from orchestrator.store.requests import (
+    Append,
+    Create,
+    Lease,
+    Outcome,
+    Remember,
+    Request,
+    settle,
+    to_json,
+)
 from orchestrator.store.sqlite import connect, load_seqs, migrate, require_upgrade
 
 __all__ = ["MAX_BATCH", "Event", "Journal", "JournalStats", "UpgradeRecord"]
@@ -41,66 +51,10 @@ log = structlog.get_logger("orchestrator.journal")
 
 T = TypeVar("T")
 
-# --- requests from the event loop to the writer thread ----------------------
-
-
-@dataclass(slots=True)
-class _Append:
-    upgrade_id: str
-    kind: str
-    data: dict[str, Any]
-    text: str
-    future: asyncio.Future[Event]
-    release: bool = False  # the upgrade's end: its host leases go in the same commit
-
-
-@dataclass(slots=True)
-class _Create:
-    upgrade_id: str
-    plan: str
-    inventory: str
-    digest: str
-    meta: str
-    future: asyncio.Future[None]
-    endpoints: dict[str, str]  # leased in the same commit, or nothing is created
-
-
-@dataclass(slots=True)
-class _Remember:
-    key: str
-    upgrade_id: str
-    future: asyncio.Future[str]
-
-
-@dataclass(slots=True)
-class _Lease:
-    upgrade_id: str
-    endpoints: dict[str, str]
-    future: asyncio.Future[None]
-
 
 @dataclass(slots=True)
 class _Stop:
     future: asyncio.Future[None] | None
-
-
-_Request = _Append | _Create | _Remember | _Lease
-# (future, result, error) handed back to the loop after a commit
-_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
-
-
-def _to_json(value: Mapping[str, Any]) -> str:
-    # strict JSON (no NaN) so every consumer, browsers included, can read it back
-    return json.dumps(dict(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # the caller was cancelled; the outcome stands regardless
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 class Journal:
@@ -120,7 +74,7 @@ class Journal:
         self.stats = JournalStats()
         self._loop = loop
         self._after_commit = after_commit
-        self._queue: queue.SimpleQueue[_Request | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Request | _Stop] = queue.SimpleQueue()
         self._closed = False
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
@@ -173,7 +127,7 @@ class Journal:
         await asyncio.to_thread(self._close_reader)
         for waiters in self._waiters.values():
             for waiter in waiters:
-                _settle(waiter, None, None)
+                settle(waiter, None, None)
 
     @property
     def where(self) -> str:
@@ -207,12 +161,12 @@ class Journal:
         another upgrade holds, is a ConflictError and creates nothing."""
         future: asyncio.Future[None] = self._loop.create_future()
         self._submit(
-            _Create(
+            Create(
                 upgrade_id,
                 plan_json,
                 inventory,
                 digest,
-                _to_json(meta),
+                to_json(meta),
                 future,
                 dict(endpoints or {}),
             )
@@ -224,17 +178,17 @@ class Journal:
     ) -> Event:
         """Journal one event; returns it (with its seq) once it is on disk.
         `release`: the event ends the upgrade, and its host leases end with it."""
-        text = _to_json(data)
+        text = to_json(data)
         future: asyncio.Future[Event] = self._loop.create_future()
         # the returned data is the JSON round trip, exactly what a re-read yields
-        self._submit(_Append(upgrade_id, kind, json.loads(text), text, future, release))
+        self._submit(Append(upgrade_id, kind, json.loads(text), text, future, release))
         return await future
 
     async def lease(self, upgrade_id: str, endpoints: Mapping[str, str]) -> None:
         """Lease `endpoints` to an existing upgrade (again: a rollback after its
         end, a journal from before leases); ConflictError if another holds one."""
         future: asyncio.Future[None] = self._loop.create_future()
-        self._submit(_Lease(upgrade_id, dict(endpoints), future))
+        self._submit(Lease(upgrade_id, dict(endpoints), future))
         await future
 
     async def leases(self) -> dict[str, tuple[str, str]]:
@@ -249,10 +203,10 @@ class Journal:
     async def remember_key(self, key: str, upgrade_id: str) -> str:
         """Bind an idempotency key to `upgrade_id`; returns the id it was first bound to."""
         future: asyncio.Future[str] = self._loop.create_future()
-        self._submit(_Remember(key, upgrade_id, future))
+        self._submit(Remember(key, upgrade_id, future))
         return await future
 
-    def _submit(self, request: _Request) -> None:
+    def _submit(self, request: Request) -> None:
         if self._closed:
             raise StoreError(f"{self.path}: journal is closed")
         if self._thread is None or not self._thread.is_alive():
@@ -369,7 +323,7 @@ class Journal:
         try:
             conn = connect(self.path, reader=False)
         except StoreError as exc:
-            self._post(_settle, ready, None, exc)
+            self._post(settle, ready, None, exc)
             return
         stop: _Stop | None = None
         try:
@@ -378,11 +332,11 @@ class Journal:
                 self._seqs = load_seqs(conn)
             except (StoreError, sqlite3.Error) as exc:
                 error = exc if isinstance(exc, StoreError) else StoreError(f"{self.path}: {exc}")
-                self._post(_settle, ready, None, error)
+                self._post(settle, ready, None, error)
                 return
-            self._post(_settle, ready, dict(self._seqs), None)
+            self._post(settle, ready, dict(self._seqs), None)
             while stop is None:
-                batch: list[_Request] = []
+                batch: list[Request] = []
                 item = self._queue.get()
                 while True:
                     if isinstance(item, _Stop):
@@ -401,7 +355,7 @@ class Journal:
             conn.close()
             self._fail_queued()
             if stop is not None and stop.future is not None:
-                self._post(_settle, stop.future, None, None)
+                self._post(settle, stop.future, None, None)
 
     def _fail_queued(self) -> None:
         while True:
@@ -411,22 +365,22 @@ class Journal:
                 return
             if isinstance(item, _Stop):
                 if item.future is not None:
-                    self._post(_settle, item.future, None, None)
+                    self._post(settle, item.future, None, None)
                 continue
             error = StoreError(f"{self.path}: journal writer stopped")
-            self._post(_settle, item.future, None, error)
+            self._post(settle, item.future, None, error)
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Request]) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: list[Request]) -> None:
         """One transaction for the whole batch; outcomes go back to the loop after COMMIT."""
         seqs: dict[str, int] = {}  # this batch's view over self._seqs
-        outcomes: list[_Outcome] = []
+        outcomes: list[Outcome] = []
         events: list[Event] = []
         rows: list[tuple[str, int, float, str, str]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for req in batch:
                 last = seqs.get(req.upgrade_id, self._seqs.get(req.upgrade_id))
-                if isinstance(req, _Append):
+                if isinstance(req, Append):
                     if last is None:
                         missing = NotFoundError(f"no upgrade {req.upgrade_id!r}")
                         outcomes.append((req.future, None, missing))
@@ -440,7 +394,7 @@ class Journal:
                     outcomes.append((req.future, event, None))
                 else:
                     result, error = _apply(conn, req, last)
-                    if isinstance(req, _Create) and error is None:
+                    if isinstance(req, Create) and error is None:
                         seqs[req.upgrade_id] = 0
                     outcomes.append((req.future, result, error))
             conn.executemany(
@@ -453,7 +407,7 @@ class Journal:
             log.error("journal commit failed", path=str(self.path), error=str(exc))
             for req in batch:
                 error = StoreError(f"{self.path}: journal write failed: {exc}")
-                self._post(_settle, req.future, None, error)
+                self._post(settle, req.future, None, error)
             return
         self._seqs.update(seqs)
         self.stats.commits += 1
@@ -463,7 +417,7 @@ class Journal:
 
     # --- back in the loop ----------------------------------------------------
 
-    def _deliver(self, events: list[Event], outcomes: list[_Outcome], seqs: dict[str, int]) -> None:
+    def _deliver(self, events: list[Event], outcomes: list[Outcome], seqs: dict[str, int]) -> None:
         self._committed.update(seqs)
         if self._after_commit is not None:
             for event in events:
@@ -472,10 +426,10 @@ class Journal:
                 except Exception:
                     log.exception("after_commit callback failed", seq=event.seq)
         for future, result, error in outcomes:
-            _settle(future, result, error)
+            settle(future, result, error)
         for upgrade_id in seqs:
             for waiter in self._waiters.pop(upgrade_id, ()):
-                _settle(waiter, None, None)
+                settle(waiter, None, None)
 
 
 _RECORDS = """SELECT u.id, u.created_at, u.inventory, u.digest, u.meta,
@@ -485,10 +439,10 @@ FROM upgrades u LEFT JOIN events e ON e.upgrade_id = u.id
 
 
 def _apply(
-    conn: sqlite3.Connection, req: _Create | _Lease | _Remember, last: int | None
+    conn: sqlite3.Connection, req: Create | Lease | Remember, last: int | None
 ) -> tuple[Any, BaseException | None]:
     """Write a request that is not an event: (result, error) for its future."""
-    if isinstance(req, _Create):
+    if isinstance(req, Create):
         if last is not None:
             return None, ConflictError(f"upgrade {req.upgrade_id!r} already exists")
         held = _held(conn, req.upgrade_id, req.endpoints)
@@ -502,7 +456,7 @@ def _apply(
         )
         _take(conn, req.upgrade_id, req.endpoints)
         return None, None
-    if isinstance(req, _Lease):
+    if isinstance(req, Lease):
         if last is None:
             return None, NotFoundError(f"no upgrade {req.upgrade_id!r}")
         held = _held(conn, req.upgrade_id, req.endpoints)

@@ -32,7 +32,8 @@ import psycopg
 import structlog
 
 from orchestrator.errors import FencedError, StoreError
-from orchestrator.store.postgres import Conn, connect, redact
+from orchestrator.store.pgschema import Conn, connect, redact
+from orchestrator.store.pgschema import reason as first_line
 from orchestrator.store.role import LeaderInfo, LeaseSettings, Renewals
 
 log = structlog.get_logger("orchestrator.leader")
@@ -148,7 +149,7 @@ class Leadership:
                     await self._turn(started)
                 except (StoreError, psycopg.Error, TimeoutError) as exc:
                     await self._drop_conn()
-                    log.warning("leadership: store unreachable", error=_first_line(exc))
+                    log.warning("leadership: store unreachable", error=first_line(exc))
                 if self.epoch is not None and (
                     self._lost is not None or loop.time() >= self._valid_until
                 ):
@@ -236,7 +237,7 @@ class Leadership:
             await conn.execute(_RESIGN, {"epoch": epoch, "me": self.holder})
             log.info("resigned the leader lease", epoch=epoch)
         except (StoreError, psycopg.Error) as exc:
-            log.warning("could not resign the lease; it expires", error=_first_line(exc))
+            log.warning("could not resign the lease; it expires", error=first_line(exc))
         finally:
             await self._drop_conn()
 
@@ -253,8 +254,3 @@ class Leadership:
 
     def __repr__(self) -> str:
         return f"Leadership({redact(self.url)}, holder={self.holder}, epoch={self.epoch})"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -1,5 +1,5 @@
-"""The journal's PostgreSQL side: schema, migrations, and the rules the
-database itself enforces.
+"""The journal's PostgreSQL side: schema, migrations, connections, and the
+rules the database itself enforces.
 
 The same guarantees as the SQLite journal, held by triggers so that no
 client (ours with a bug, or psql in a hurry) can break them: events are
@@ -15,6 +15,16 @@ lease carries the epoch in the transaction's `orchestrator.epoch` setting.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+
+from orchestrator.errors import StoreError
+
+Conn = psycopg.AsyncConnection[Any]
+CONNECT_TIMEOUT = 5  # seconds; libpq's connect_timeout
 
 SCHEMA_VERSION = 1
 # held for the migration's transaction: daemons starting together migrate once
@@ -155,3 +165,63 @@ FROM upgrades u LEFT JOIN LATERAL (
 
 LAST_SEQS = """SELECT u.id, COALESCE((SELECT MAX(seq) FROM events WHERE upgrade_id = u.id), 0)
 FROM upgrades u"""
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        params = conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparsable URL)"
+    user = f"{params['user']}@" if params.get("user") else ""
+    host = str(params.get("host") or "")
+    port = f":{params['port']}" if params.get("port") else ""
+    return f"postgresql://{user}{host}{port}/{params.get('dbname') or ''}"
+
+
+async def connect(url: str, *, purpose: str) -> Conn:
+    try:
+        return await psycopg.AsyncConnection.connect(
+            url,
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name=f"orchestrator {purpose}",
+            # a partitioned peer is noticed in seconds, not in TCP's hours
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+        )
+    except psycopg.Error as exc:
+        raise StoreError(f"{redact(url)}: cannot connect: {reason(exc)}") from None
+
+
+def reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+async def migrate(conn: Conn, where: str) -> None:
+    """Create or migrate the schema; daemons starting together take turns."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS orchestrator_schema (version integer NOT NULL)"
+        )
+        cur = await conn.execute("SELECT version FROM orchestrator_schema")
+        row = await cur.fetchone()
+        current = 0 if row is None else int(row[0])
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{where}: journal schema version {current} is newer than this "
+                f"orchestrator's ({SCHEMA_VERSION})"
+            )
+        for statements in MIGRATIONS[current:]:
+            for statement in statements:
+                await conn.execute(statement)
+        if row is None:
+            await conn.execute(
+                "INSERT INTO orchestrator_schema (version) VALUES (%s)", (SCHEMA_VERSION,)
+            )
+        elif current != SCHEMA_VERSION:
+            await conn.execute("UPDATE orchestrator_schema SET version = %s", (SCHEMA_VERSION,))

@@ -29,15 +29,12 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
 import structlog
-from psycopg import conninfo
 
 from orchestrator.errors import (
-    ConflictError,
     FencedError,
     NotFoundError,
     NotLeaderError,
@@ -45,128 +42,27 @@ from orchestrator.errors import (
 )
 from orchestrator.store import pgschema
 from orchestrator.store.base import MAX_BATCH, AfterCommit, Event, JournalStats, UpgradeRecord
+from orchestrator.store.pgrows import apply, event_row, record, require_upgrade
+from orchestrator.store.pgschema import Conn, connect, migrate, reason, redact
+from orchestrator.store.requests import (
+    Append,
+    Create,
+    Lease,
+    Outcome,
+    Remember,
+    Request,
+    settle,
+    to_json,
+)
+
+__all__ = ["Conn", "PostgresJournal", "connect", "redact"]
 
 log = structlog.get_logger("orchestrator.journal")
 
 T = TypeVar("T")
-Conn = psycopg.AsyncConnection[Any]
 
-CONNECT_TIMEOUT = 5  # seconds; libpq's connect_timeout
 RESYNC = 5.0  # a standby re-reads the last sequence numbers this often anyway
 RECONNECT = 1.0
-
-
-@dataclass(slots=True)
-class _Append:
-    upgrade_id: str
-    kind: str
-    data: dict[str, Any]
-    text: str
-    future: asyncio.Future[Event]
-    release: bool = False
-
-
-@dataclass(slots=True)
-class _Create:
-    upgrade_id: str
-    plan: str
-    inventory: str
-    digest: str
-    meta: str
-    future: asyncio.Future[None]
-    endpoints: dict[str, str]
-
-
-@dataclass(slots=True)
-class _Remember:
-    key: str
-    upgrade_id: str
-    future: asyncio.Future[str]
-
-
-@dataclass(slots=True)
-class _Lease:
-    upgrade_id: str
-    endpoints: dict[str, str]
-    future: asyncio.Future[None]
-
-
-_Request = _Append | _Create | _Remember | _Lease
-
-
-def _to_json(value: Mapping[str, Any]) -> str:
-    return json.dumps(dict(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        params = conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "postgresql://(unparsable URL)"
-    user = f"{params['user']}@" if params.get("user") else ""
-    host = str(params.get("host") or "")
-    port = f":{params['port']}" if params.get("port") else ""
-    return f"postgresql://{user}{host}{port}/{params.get('dbname') or ''}"
-
-
-async def connect(url: str, *, purpose: str) -> Conn:
-    try:
-        return await psycopg.AsyncConnection.connect(
-            url,
-            autocommit=True,
-            connect_timeout=CONNECT_TIMEOUT,
-            application_name=f"orchestrator {purpose}",
-            # a partitioned peer is noticed in seconds, not in TCP's hours
-            keepalives=1,
-            keepalives_idle=5,
-            keepalives_interval=2,
-            keepalives_count=3,
-        )
-    except psycopg.Error as exc:
-        raise StoreError(f"{redact(url)}: cannot connect: {_reason(exc)}") from None
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-async def migrate(conn: Conn, where: str) -> None:
-    """Create or migrate the schema; daemons starting together take turns."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (pgschema.MIGRATION_LOCK,))
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS orchestrator_schema (version integer NOT NULL)"
-        )
-        cur = await conn.execute("SELECT version FROM orchestrator_schema")
-        row = await cur.fetchone()
-        current = 0 if row is None else int(row[0])
-        if current > pgschema.SCHEMA_VERSION:
-            raise StoreError(
-                f"{where}: journal schema version {current} is newer than this "
-                f"orchestrator's ({pgschema.SCHEMA_VERSION})"
-            )
-        for statements in pgschema.MIGRATIONS[current:]:
-            for statement in statements:
-                await conn.execute(statement)
-        if row is None:
-            await conn.execute(
-                "INSERT INTO orchestrator_schema (version) VALUES (%s)", (pgschema.SCHEMA_VERSION,)
-            )
-        elif current != pgschema.SCHEMA_VERSION:
-            await conn.execute(
-                "UPDATE orchestrator_schema SET version = %s", (pgschema.SCHEMA_VERSION,)
-            )
 
 
 class PostgresJournal:
@@ -185,7 +81,7 @@ class PostgresJournal:
         self.on_fenced: Callable[[str], None] | None = None
         self.epoch: int | None = None
         self.fenced: str | None = None
-        self._queue: asyncio.Queue[_Request | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Request | None] = asyncio.Queue()
         self._write_lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
         self._writer_conn: Conn | None = None
@@ -210,7 +106,7 @@ class PostgresJournal:
             try:
                 await migrate(conn, journal.where)
             except psycopg.Error as exc:
-                raise StoreError(f"{journal.where}: cannot migrate: {_reason(exc)}") from None
+                raise StoreError(f"{journal.where}: cannot migrate: {reason(exc)}") from None
             journal._writer_conn = conn
             journal._committed = await journal._last_seqs()
         except BaseException:
@@ -242,7 +138,7 @@ class PostgresJournal:
         await self._close_reader()
         for waiters in self._waiters.values():
             for waiter in waiters:
-                _settle(waiter, None, None)
+                settle(waiter, None, None)
 
     async def _close_reader(self) -> None:
         async with self._read_lock:
@@ -284,8 +180,8 @@ class PostgresJournal:
         endpoints: Mapping[str, str] | None = None,
     ) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        request = _Create(
-            upgrade_id, plan_json, inventory, digest, _to_json(meta), future, dict(endpoints or {})
+        request = Create(
+            upgrade_id, plan_json, inventory, digest, to_json(meta), future, dict(endpoints or {})
         )
         self._submit(request)
         await future
@@ -293,22 +189,22 @@ class PostgresJournal:
     async def append(
         self, upgrade_id: str, kind: str, data: Mapping[str, Any], *, release: bool = False
     ) -> Event:
-        text = _to_json(data)
+        text = to_json(data)
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._submit(_Append(upgrade_id, kind, json.loads(text), text, future, release))
+        self._submit(Append(upgrade_id, kind, json.loads(text), text, future, release))
         return await future
 
     async def lease(self, upgrade_id: str, endpoints: Mapping[str, str]) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._submit(_Lease(upgrade_id, dict(endpoints), future))
+        self._submit(Lease(upgrade_id, dict(endpoints), future))
         await future
 
     async def remember_key(self, key: str, upgrade_id: str) -> str:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._submit(_Remember(key, upgrade_id, future))
+        self._submit(Remember(key, upgrade_id, future))
         return await future
 
-    def _submit(self, request: _Request) -> None:
+    def _submit(self, request: Request) -> None:
         if self._closed:
             raise StoreError(f"{self.where}: journal is closed")
         if self.epoch is None:
@@ -322,13 +218,13 @@ class PostgresJournal:
             except asyncio.QueueEmpty:
                 return
             if item is not None:
-                _settle(item.future, None, error)
+                settle(item.future, None, error)
 
     async def _writer_main(self) -> None:
         stop = False
         while not stop:
             item = await self._queue.get()
-            batch: list[_Request] = []
+            batch: list[Request] = []
             while True:
                 if item is None:
                     stop = True
@@ -344,14 +240,14 @@ class PostgresJournal:
                 async with self._write_lock:
                     await self._commit(batch)
 
-    async def _commit(self, batch: list[_Request]) -> None:
+    async def _commit(self, batch: list[Request]) -> None:
         epoch = self.epoch
         if epoch is None:
             for req in batch:
-                _settle(req.future, None, self._not_leading())
+                settle(req.future, None, self._not_leading())
             return
         seqs: dict[str, int] = {}
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        outcomes: list[Outcome] = []
         events: list[Event] = []
         try:
             conn = await self._writer()
@@ -363,7 +259,7 @@ class PostgresJournal:
                 rows: list[tuple[str, int, float, str, str, int]] = []
                 for req in batch:
                     last = seqs.get(req.upgrade_id, self._seqs.get(req.upgrade_id))
-                    if isinstance(req, _Append):
+                    if isinstance(req, Append):
                         if last is None:
                             missing = NotFoundError(f"no upgrade {req.upgrade_id!r}")
                             outcomes.append((req.future, None, missing))
@@ -374,12 +270,12 @@ class PostgresJournal:
                                 "DELETE FROM leases WHERE upgrade_id = %s", (req.upgrade_id,)
                             )
                         seqs[req.upgrade_id] = event.seq
-                        rows.append((*_event_row(event, req.text), epoch))
+                        rows.append((*event_row(event, req.text), epoch))
                         events.append(event)
                         outcomes.append((req.future, event, None))
                     else:
-                        result, error = await _apply(cur, req, last, epoch)
-                        if isinstance(req, _Create) and error is None:
+                        result, error = await apply(cur, req, last, epoch)
+                        if isinstance(req, Create) and error is None:
                             seqs[req.upgrade_id] = 0
                         outcomes.append((req.future, result, error))
                 if rows:
@@ -409,28 +305,28 @@ class PostgresJournal:
                 except Exception:
                     log.exception("after_commit callback failed", seq=event.seq)
         for future, result, error in outcomes:
-            _settle(future, result, error)
+            settle(future, result, error)
 
-    def _failed(self, batch: list[_Request], exc: psycopg.Error) -> None:
+    def _failed(self, batch: list[Request], exc: psycopg.Error) -> None:
         error: BaseException
         if exc.sqlstate == pgschema.FENCED:
-            reason = exc.diag.message_primary or _reason(exc)
+            why = exc.diag.message_primary or reason(exc)
             first = self.fenced is None
-            self.unlead(reason)
+            self.unlead(why)
             error = self._not_leading()
             if first:
-                log.error("the store refused a write: stepping down", reason=reason)
+                log.error("the store refused a write: stepping down", reason=why)
                 if self.on_fenced is not None:
-                    self.on_fenced(reason)
+                    self.on_fenced(why)
         else:
             if isinstance(exc, psycopg.OperationalError):
                 # the connection is gone (or going): the next batch opens a new
                 # one, and re-reads the seqs in case this COMMIT did land
                 self._drop_writer()
-            log.error("journal commit failed", store=self.where, error=_reason(exc))
-            error = StoreError(f"{self.where}: journal write failed: {_reason(exc)}")
+            log.error("journal commit failed", store=self.where, error=reason(exc))
+            error = StoreError(f"{self.where}: journal write failed: {reason(exc)}")
         for req in batch:
-            _settle(req.future, None, error)
+            settle(req.future, None, error)
 
     def _drop_writer(self) -> None:
         conn, self._writer_conn = self._writer_conn, None
@@ -462,10 +358,10 @@ class PostgresJournal:
                             await conn.close()
                     if attempt == 2:
                         raise StoreError(
-                            f"{self.where}: journal read failed: {_reason(exc)}"
+                            f"{self.where}: journal read failed: {reason(exc)}"
                         ) from None
                 except psycopg.Error as exc:
-                    raise StoreError(f"{self.where}: journal read failed: {_reason(exc)}") from None
+                    raise StoreError(f"{self.where}: journal read failed: {reason(exc)}") from None
         raise AssertionError("unreachable")
 
     async def _last_seqs(self) -> dict[str, int]:
@@ -479,7 +375,7 @@ class PostgresJournal:
         self, upgrade_id: str, after: int = 0, limit: int | None = None
     ) -> list[Event]:
         async def query(conn: Conn) -> list[Event]:
-            await _require_upgrade(conn, upgrade_id)
+            await require_upgrade(conn, upgrade_id)
             cur = await conn.execute(
                 "SELECT seq, at, kind, data FROM events"
                 " WHERE upgrade_id = %s AND seq > %s ORDER BY seq LIMIT %s",
@@ -495,7 +391,7 @@ class PostgresJournal:
     async def upgrades(self) -> list[UpgradeRecord]:
         async def query(conn: Conn) -> list[UpgradeRecord]:
             cur = await conn.execute(pgschema.RECORDS + " ORDER BY u.created_at, u.id")
-            return [_record(row) for row in await cur.fetchall()]
+            return [record(row) for row in await cur.fetchall()]
 
         return await self._read(query)
 
@@ -505,7 +401,7 @@ class PostgresJournal:
             row = await cur.fetchone()
             if row is None:
                 raise NotFoundError(f"no upgrade {upgrade_id!r}")
-            return _record(row)
+            return record(row)
 
         return await self._read(query)
 
@@ -568,7 +464,7 @@ class PostgresJournal:
             return
         self._committed[upgrade_id] = seq
         for waiter in self._waiters.pop(upgrade_id, ()):
-            _settle(waiter, None, None)
+            settle(waiter, None, None)
         if not own and self.on_change is not None:
             try:
                 self.on_change(upgrade_id, seq)
@@ -589,101 +485,9 @@ class PostgresJournal:
                         upgrade_id, seq = json.loads(note.payload)
                         self._heard(str(upgrade_id), int(seq))
             except (StoreError, psycopg.Error) as exc:
-                log.warning("journal listener reconnects", store=self.where, error=_reason(exc))
+                log.warning("journal listener reconnects", store=self.where, error=reason(exc))
             finally:
                 if conn is not None:
                     with contextlib.suppress(psycopg.Error):
                         await conn.close()
             await asyncio.sleep(RECONNECT)
-
-
-def _event_row(event: Event, text: str) -> tuple[str, int, float, str, str]:
-    return (event.upgrade_id, event.seq, event.at, event.kind, text)
-
-
-async def _require_upgrade(conn: Conn, upgrade_id: str) -> None:
-    cur = await conn.execute("SELECT 1 FROM upgrades WHERE id = %s", (upgrade_id,))
-    if await cur.fetchone() is None:
-        raise NotFoundError(f"no upgrade {upgrade_id!r}")
-
-
-Cursor = psycopg.AsyncCursor[Any]
-
-
-async def _apply(
-    cur: Cursor, req: _Create | _Lease | _Remember, last: int | None, epoch: int
-) -> tuple[Any, BaseException | None]:
-    """Write a request that is not an event: (result, error) for its future."""
-    if isinstance(req, _Create):
-        if last is not None:
-            return None, ConflictError(f"upgrade {req.upgrade_id!r} already exists")
-        held = await _held(cur, req.upgrade_id, req.endpoints)
-        if held is not None:
-            return None, held
-        await cur.execute(
-            "INSERT INTO upgrades (id, created_at, inventory, digest, meta, plan, epoch)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (req.upgrade_id, time.time(), req.inventory, req.digest, req.meta, req.plan, epoch),
-        )
-        await _take(cur, req.upgrade_id, req.endpoints, epoch)
-        return None, None
-    if isinstance(req, _Lease):
-        if last is None:
-            return None, NotFoundError(f"no upgrade {req.upgrade_id!r}")
-        held = await _held(cur, req.upgrade_id, req.endpoints)
-        if held is None:
-            await _take(cur, req.upgrade_id, req.endpoints, epoch)
-        return None, held
-    await cur.execute(
-        "INSERT INTO idempotency (key, upgrade_id, created_at, epoch) VALUES (%s, %s, %s, %s)"
-        " ON CONFLICT (key) DO NOTHING",
-        (req.key, req.upgrade_id, time.time(), epoch),
-    )
-    await cur.execute("SELECT upgrade_id FROM idempotency WHERE key = %s", (req.key,))
-    row = await cur.fetchone()
-    assert row is not None
-    return str(row[0]), None
-
-
-async def _held(cur: Cursor, upgrade_id: str, endpoints: Mapping[str, str]) -> ConflictError | None:
-    """The conflict if another upgrade holds one of `endpoints`, else None."""
-    if not endpoints:
-        return None
-    await cur.execute(
-        "SELECT endpoint, upgrade_id, host FROM leases"
-        " WHERE endpoint = ANY(%s) AND upgrade_id <> %s ORDER BY endpoint LIMIT 1",
-        (sorted(endpoints), upgrade_id),
-    )
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    endpoint, holder, named = (str(v) for v in row)
-    return ConflictError(
-        f"host {endpoints[endpoint]} ({endpoint}) is held by upgrade {holder}"
-        + (f" (as {named})" if named != endpoints[endpoint] else "")
-        + ": one upgrade at a time per host"
-    )
-
-
-async def _take(cur: Cursor, upgrade_id: str, endpoints: Mapping[str, str], epoch: int) -> None:
-    if not endpoints:
-        return
-    now = time.time()
-    await cur.executemany(
-        "INSERT INTO leases (endpoint, host, upgrade_id, taken_at, epoch)"
-        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (endpoint) DO NOTHING",
-        [(endpoint, host, upgrade_id, now, epoch) for endpoint, host in endpoints.items()],
-    )
-
-
-def _record(row: tuple[Any, ...]) -> UpgradeRecord:
-    uid, created_at, inventory, digest, meta, last_seq, last_kind = row
-    return UpgradeRecord(
-        str(uid),
-        float(created_at),
-        str(inventory),
-        str(digest),
-        json.loads(meta),
-        int(last_seq),
-        None if last_kind is None else str(last_kind),
-    )
