@@ -1,9 +1,14 @@
-"""Journal throughput: concurrent appends (group commit) against sequential ones.
+"""Journal throughput: concurrent appends (group commit) against sequential ones,
+on SQLite and on PostgreSQL.
 
     .venv/bin/python -m bench.journal [--events 5000] [--tasks 50] [--dir DIR]
+        [--store sqlite|postgresql|both] [--url postgresql://...]
 
 Also reports the worst event-loop lag seen while appending: the journal must
-not stall the loop that runs fifty hosts' SSH sessions.
+not stall the loop that runs fifty hosts' SSH sessions. PostgreSQL is a
+server of its own started for the run (durable: fsync on, as in production)
+unless --url names one; its appends carry a leader epoch, fenced by the
+database like a daemon's.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from orchestrator.store.base import Store
 from orchestrator.store.journal import Journal
 
 
@@ -26,8 +32,22 @@ async def lag_monitor(stop: asyncio.Event, worst: list[float]) -> None:
         worst[0] = max(worst[0], loop.time() - before - 0.001)
 
 
-async def run(directory: Path, events: int, tasks: int, sequential: int) -> None:
-    journal = await Journal.open(directory / "bench.db")
+async def open_postgres(url: str) -> Store:
+    import psycopg  # noqa: PLC0415 - only this store needs the driver
+
+    from orchestrator.store.postgres import PostgresJournal  # noqa: PLC0415
+
+    journal = await PostgresJournal.open(url)
+    with psycopg.connect(url, autocommit=True) as conn:  # what an election does
+        conn.execute("UPDATE leadership SET epoch = epoch + 1")
+        row = conn.execute("SELECT epoch FROM leadership").fetchone()
+    assert row is not None
+    await journal.lead(int(row[0]))
+    return journal
+
+
+async def run(journal: Store, label: str, events: int, tasks: int, sequential: int) -> None:
+    print(f"{label} ({journal.where}):")
     try:
         upgrades = [f"u{i}" for i in range(3)]
         for uid in upgrades:
@@ -49,7 +69,7 @@ async def run(directory: Path, events: int, tasks: int, sequential: int) -> None
         await monitor
         done = tasks * (events // tasks)
         print(
-            f"concurrent: {done} appends from {tasks} tasks in {elapsed:.2f} s = "
+            f"  concurrent: {done} appends from {tasks} tasks in {elapsed:.2f} s = "
             f"{done / elapsed:,.0f} events/s; {commits} commits "
             f"({done / commits:.1f} events each); worst loop lag {worst[0] * 1000:.1f} ms"
         )
@@ -61,7 +81,7 @@ async def run(directory: Path, events: int, tasks: int, sequential: int) -> None
         elapsed = time.perf_counter() - started
         commits = journal.stats.commits - commits
         print(
-            f"sequential: {sequential} appends in {elapsed:.2f} s = "
+            f"  sequential: {sequential} appends in {elapsed:.2f} s = "
             f"{sequential / elapsed:,.0f} events/s; {commits} commits "
             f"({elapsed / sequential * 1000:.2f} ms per durable append)"
         )
@@ -74,13 +94,36 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--sequential", type=int, default=1000)
-    parser.add_argument("--dir", type=Path, help="where to put the database (default: a temp dir)")
+    parser.add_argument(
+        "--dir", type=Path, help="where to put the SQLite file (default: a temp dir)"
+    )
+    parser.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--url", help="a PostgreSQL database to use (default: start a server)")
     args = parser.parse_args()
-    if args.dir is not None:
-        asyncio.run(run(args.dir, args.events, args.tasks, args.sequential))
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(Path(tmp), args.events, args.tasks, args.sequential))
+    figures = (args.events, args.tasks, args.sequential)
+    if args.store in ("sqlite", "both"):
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = args.dir or Path(tmp)
+
+            async def sqlite() -> None:
+                await run(await Journal.open(directory / "bench.db"), "sqlite", *figures)
+
+            asyncio.run(sqlite())
+    if args.store in ("postgresql", "both"):
+        if args.url is not None:
+            asyncio.run(postgres(args.url, figures))
+            return
+        from tests.pgserver import PostgresServer, find_bin_dir  # noqa: PLC0415
+
+        bin_dir = find_bin_dir()
+        if bin_dir is None:
+            raise SystemExit("no PostgreSQL here: apt-get install postgresql, or give --url")
+        with PostgresServer.started(bin_dir, durable=True) as server:
+            asyncio.run(postgres(server.new_database("bench"), figures))
+
+
+async def postgres(url: str, figures: tuple[int, int, int]) -> None:
+    await run(await open_postgres(url), "postgresql", *figures)
 
 
 if __name__ == "__main__":
