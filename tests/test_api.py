@@ -400,6 +400,7 @@ async def test_submit_pause_resume_approve_point_of_no_return(api: Api) -> None:
     assert 'orchestrator_upgrades{state="succeeded"} 1' in metrics
     assert 'orchestrator_step_duration_seconds_count{outcome="ok"} 8' in metrics
     assert 'orchestrator_step_duration_seconds_bucket{outcome="ok",le="+Inf"} 8' in metrics
+    assert "\norchestrator_leader 1\n" in metrics  # on SQLite, the sole daemon leads
 
 
 async def test_one_active_upgrade_per_inventory_and_idempotency_keys(api: Api) -> None:

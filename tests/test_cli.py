@@ -138,3 +138,17 @@ def test_a_reader_that_goes_away_is_not_a_traceback(repo_root: Path) -> None:
         err = process.stderr.read().decode()
         assert process.wait(timeout=30) == 1
     assert err == ""
+
+
+def test_serve_refuses_a_store_that_is_not_postgresql(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    code, _, err = _run(["serve", "--state-dir", state, "--store", "mysql://u:pw@db/x"])
+    assert code == 2
+    assert "--store mysql:...: expected a PostgreSQL URL" in err
+    assert "pw" not in err
+    code, _, err = _run(
+        ["serve", "--state-dir", state, "--lease-seconds", "3", "--renew-seconds", "2"]
+    )
+    assert code == 2
+    assert "renew <= lease / 2" in err
+    assert not (tmp_path / "state").exists(), "refused before anything was created"

@@ -90,7 +90,12 @@ class UpgradeManager:
     async def _load(self, *, resume: bool) -> None:
         loaded: dict[str, Upgrade] = {}
         for record in await self.journal.upgrades():
-            loaded[record.id] = await self._read(record.id)
+            fresh = await self._read(record.id)
+            known = self.upgrades.get(record.id)
+            if known is not None:  # the same object: open event streams hold it
+                known.view, known.engine, known.pool = fresh.view, None, None
+                fresh = known
+            loaded[record.id] = fresh
         self.upgrades = loaded
         if not resume:
             return

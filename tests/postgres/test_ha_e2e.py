@@ -70,6 +70,12 @@ async def finish(peers: Peers, upgrade_id: str) -> dict[str, Any]:
 TERMINAL = ("succeeded", "failed", "rolled_back", "aborted")
 
 
+async def collect(peer: Peer, upgrade_id: str) -> list[int]:
+    """The seq of every event a peer's stream sends, until the upgrade's end."""
+    async with peer.client() as client:
+        return [int(event["seq"]) async for event in client.events(upgrade_id)]
+
+
 def assert_clean_end(doc: dict[str, Any], ec: EmbeddedCloud) -> None:
     assert doc["state"] == "succeeded", doc.get("reason")
     assert set(versions(ec.cloud).values()) == {"2.0"}
@@ -117,6 +123,8 @@ async def test_a_paused_leader_is_fenced_when_it_wakes(peers: Peers, cloud: Embe
     new = peers.standby(old)
     upgrade_id = await submit(old, cloud)
     await wait_status(peers, upgrade_id, running_in("upgrade-conductors"))
+    # a viewer of the standby's event stream, from the first event, across all of it
+    stream = asyncio.create_task(collect(new, upgrade_id))
     old.signal(signal.SIGSTOP)
     assert await peers.leader(timeout=LEASE + 30) is new
     # the new leader advances the upgrade as far as the approval gate
@@ -134,6 +142,9 @@ async def test_a_paused_leader_is_fenced_when_it_wakes(peers: Peers, cloud: Embe
     assert "no longer the leader" in log
     doc = await finish(peers, upgrade_id)
     assert_clean_end(doc, cloud)
+    seen = await asyncio.wait_for(stream, 60)
+    assert seen == list(range(1, len(seen) + 1)), "every event once, in order, across the takeover"
+    assert seen[-1] == epochs(peers.store, upgrade_id)[-1][0]
     # nothing the old leader tried after the takeover reached the journal: its
     # epoch's events all come before the first of the new leader's
     journal = epochs(peers.store, upgrade_id)
