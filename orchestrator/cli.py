@@ -4,28 +4,34 @@ only place that turns an OrchestratorError into an exit code."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from urllib.parse import quote
 
-from rich.console import Console
-from rich.table import Table
-
-from orchestrator import model, pipeline
-from orchestrator.api.body import FILE_NAME_PATTERN
-from orchestrator.api.endpoint import DEFAULT_LISTEN, default_state_dir
-from orchestrator.api.openapi import ACTIONS, HOST_ACTIONS
-from orchestrator.client import Client, render_status, resolve_endpoint, watch
+from orchestrator.api.endpoint import (
+    ACTIONS,
+    DEFAULT_LISTEN,
+    FILE_NAME_PATTERN,
+    HOST_ACTIONS,
+    default_state_dir,
+)
 from orchestrator.errors import InputError, OrchestratorError, Problem, UsageError
-from orchestrator.logs import configure
-from orchestrator.pipeline import Source
-from orchestrator.plan import Options
-from orchestrator.planview import render_tree
+
+# Everything else loads inside the command that needs it: `--help`,
+# `--version` and `completion` import nothing heavier than argparse, and a
+# client command never loads the compiler or the server (bench/cli_start.py).
+if TYPE_CHECKING:
+    from orchestrator import model
+    from orchestrator.client import Client
+    from orchestrator.plan import Options
+    from orchestrator.quickclient import Endpoint
+
+T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -35,8 +41,55 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(self.format_usage() + f"{self.prog}: error: {message}")
 
 
+class _Version(argparse.Action):
+    """--version: the installed package's version (read only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        try:
+            number = version("rolling-orchestrator")
+        except PackageNotFoundError:  # a source tree that was never installed
+            number = "unknown (not installed)"
+        print(f"orchestrator {number}")
+        parser.exit()
+
+
+# `orchestrator X --help` ends with these: the commands as an operator types them
+EXAMPLES = {
+    "plan": "orchestrator plan -i cloud.yaml -p nova --to 2025.2\n"
+    "orchestrator plan -i cloud.yaml -p my-playbook.yaml --to 2025.2 --json > plan.json",
+    "serve": "orchestrator serve                       # 127.0.0.1:8750, state in "
+    "~/.local/state/orchestrator\n"
+    "orchestrator serve --listen 10.0.0.5:8750 --tls-cert c.pem --tls-key k.pem\n"
+    "ORCHESTRATOR_STORE=postgresql://orch@db/orch orchestrator serve   # one of several peers",
+    "submit": "orchestrator submit -i cloud.yaml -p nova --to 2025.2 --watch\n"
+    "orchestrator submit -i cloud.yaml -p nova --to 2025.2 --dry-run",
+    "status": "orchestrator status                      # every upgrade\n"
+    "orchestrator status u20261202-101500-a1b2c3 --json",
+    "watch": "orchestrator watch u20261202-101500-a1b2c3",
+    "pause": "orchestrator pause u20261202-101500-a1b2c3",
+    "resume": "orchestrator resume u20261202-101500-a1b2c3",
+    "abort": "orchestrator abort u20261202-101500-a1b2c3",
+    "approve": "orchestrator approve u20261202-101500-a1b2c3   # the point of no return",
+    "rollback": "orchestrator rollback u20261202-101500-a1b2c3",
+    "retry": "orchestrator retry u20261202-101500-a1b2c3 cmp-2",
+    "skip": "orchestrator skip u20261202-101500-a1b2c3 cmp-2",
+    "demo": "orchestrator demo\norchestrator demo --fail-host cmp-2   # see a rollback",
+    "minicloud": "orchestrator minicloud up --dir /tmp/mc\n"
+    "orchestrator minicloud status --dir /tmp/mc",
+    "token": "orchestrator token new grafana --role viewer",
+    "completion": "orchestrator completion bash > ~/.local/share/bash-completion/completions/"
+    "orchestrator\norchestrator completion zsh > ~/.zfunc/_orchestrator   # fpath+=~/.zfunc",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="orchestrator", description=__doc__)
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("plan", help="compile and print a plan (dry run, touches nothing)")
@@ -49,6 +102,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-failure", choices=["rollback", "pause"], help="override the playbook")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
+    _serve_command(sub)
+
+    remote = _Parser(add_help=False)
+    remote.add_argument("--server", help="daemon URL (env ORCHESTRATOR_URL; default: local)")
+    remote.add_argument("--token", help="bearer token (env ORCHESTRATOR_TOKEN; default: local)")
+    remote.add_argument("--cacert", help="CA bundle to verify an HTTPS daemon")
+
+    p = sub.add_parser("submit", parents=[remote], help="submit an upgrade to the daemon")
+    p.add_argument("-i", "--inventory", required=True, help="inventory YAML file")
+    p.add_argument("-p", "--playbook", required=True, help="playbook file or shipped name (nova)")
+    p.add_argument("--from", dest="from_version", help="current version")
+    p.add_argument("--to", dest="to_version", required=True, help="target version")
+    p.add_argument("--on-failure", choices=["rollback", "pause"], help="override the playbook")
+    p.add_argument("--idempotency-key", help="a repeated submit with this key is a no-op")
+    p.add_argument("--dry-run", action="store_true", help="let the daemon compile, not run")
+    p.add_argument("--watch", action="store_true", help="then watch it to the end")
+    p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+
+    p = sub.add_parser("status", parents=[remote], help="one upgrade in detail, or all of them")
+    p.add_argument("id", nargs="?", help="upgrade id (default: list every upgrade)")
+    p.add_argument("--json", action="store_true", help="print the status document as JSON")
+
+    p = sub.add_parser("watch", parents=[remote], help="follow an upgrade live to its end")
+    p.add_argument("id", help="upgrade id")
+
+    for action in ACTIONS:
+        p = sub.add_parser(action, parents=[remote], help=f"{action} an upgrade")
+        p.add_argument("id", help="upgrade id")
+    for action, what in HOST_ACTIONS.items():
+        p = sub.add_parser(action, parents=[remote], help=f"{what} (on a paused upgrade)")
+        p.add_argument("id", help="upgrade id")
+        p.add_argument("host", help="a host that failed in the upgrade")
+
+    _local_commands(sub)
+    p = sub.add_parser("completion", help="print a shell completion script (bash or zsh)")
+    p.add_argument("shell", choices=["bash", "zsh"])
+    for name, command in sub.choices.items():
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        command.epilog = "examples:\n" + "\n".join(
+            "  " + line for line in EXAMPLES[name].splitlines()
+        )
+    return parser
+
+
+def cmd_completion(args: argparse.Namespace, out: TextIO) -> int:
+    import shtab  # noqa: PLC0415 - only this command needs it
+
+    out.write(shtab.complete(build_parser(), shell=args.shell))
+    return EXIT_OK
+
+
+def _serve_command(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the daemon (HTTP API; resumes unfinished upgrades)")
     p.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (default: %(default)s)")
     p.add_argument(
@@ -97,40 +202,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-format", choices=["json", "console"], default="json")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-
-    remote = _Parser(add_help=False)
-    remote.add_argument("--server", help="daemon URL (env ORCHESTRATOR_URL; default: local)")
-    remote.add_argument("--token", help="bearer token (env ORCHESTRATOR_TOKEN; default: local)")
-    remote.add_argument("--cacert", help="CA bundle to verify an HTTPS daemon")
-
-    p = sub.add_parser("submit", parents=[remote], help="submit an upgrade to the daemon")
-    p.add_argument("-i", "--inventory", required=True, help="inventory YAML file")
-    p.add_argument("-p", "--playbook", required=True, help="playbook file or shipped name (nova)")
-    p.add_argument("--from", dest="from_version", help="current version")
-    p.add_argument("--to", dest="to_version", required=True, help="target version")
-    p.add_argument("--on-failure", choices=["rollback", "pause"], help="override the playbook")
-    p.add_argument("--idempotency-key", help="a repeated submit with this key is a no-op")
-    p.add_argument("--dry-run", action="store_true", help="let the daemon compile, not run")
-    p.add_argument("--watch", action="store_true", help="then watch it to the end")
-    p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
-
-    p = sub.add_parser("status", parents=[remote], help="one upgrade in detail, or all of them")
-    p.add_argument("id", nargs="?", help="upgrade id (default: list every upgrade)")
-    p.add_argument("--json", action="store_true", help="print the status document as JSON")
-
-    p = sub.add_parser("watch", parents=[remote], help="follow an upgrade live to its end")
-    p.add_argument("id", help="upgrade id")
-
-    for action in ACTIONS:
-        p = sub.add_parser(action, parents=[remote], help=f"{action} an upgrade")
-        p.add_argument("id", help="upgrade id")
-    for action, what in HOST_ACTIONS.items():
-        p = sub.add_parser(action, parents=[remote], help=f"{what} (on a paused upgrade)")
-        p.add_argument("id", help="upgrade id")
-        p.add_argument("host", help="a host that failed in the upgrade")
-
-    _local_commands(sub)
-    return parser
 
 
 def _local_commands(sub: Any) -> None:
@@ -183,11 +254,18 @@ def _positive(text: str) -> int:
 
 def build(inventory: str, playbook: str, options: Options) -> model.Plan:
     """The plan of an inventory file and a playbook file or shipped name."""
+    from orchestrator import pipeline  # noqa: PLC0415 - see the imports
+    from orchestrator.pipeline import Source  # noqa: PLC0415
+
     sources = Source.of_file(inventory), Source.of_playbook_ref(playbook)
     return pipeline.build(*sources, options).plan
 
 
 def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
+    from orchestrator import model  # noqa: PLC0415 - see the imports
+    from orchestrator.plan import Options  # noqa: PLC0415
+    from orchestrator.planview import render_tree  # noqa: PLC0415
+
     plan = build(
         args.inventory,
         args.playbook,
@@ -208,6 +286,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     # the server side (engine, SSH, HTTP app) loads only for `serve`: the client
     # commands stay quick to start
     from orchestrator.daemon import ServeConfig, serve  # noqa: PLC0415 - see above
+    from orchestrator.logs import configure  # noqa: PLC0415
     from orchestrator.store.role import LeaseSettings  # noqa: PLC0415 - see above
 
     configure(args.log_format, args.log_level)
@@ -224,7 +303,13 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         lease=LeaseSettings(lease=args.lease_seconds, renew=args.renew_seconds),
         advertise=args.advertise,
     )
-    return asyncio.run(serve(config))
+    return _run_async(serve(config))
+
+
+def _run_async(main: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # noqa: PLC0415 - see the imports
+
+    return asyncio.run(main)
 
 
 def _env_path(name: str) -> Path | None:
@@ -238,13 +323,28 @@ def _remote(
     """Run a client command in its own event loop with a connected Client."""
 
     def run(args: argparse.Namespace, out: TextIO) -> int:
+        from orchestrator.client import Client, resolve_endpoint  # noqa: PLC0415
+
         endpoint = resolve_endpoint(args.server, args.token, args.cacert)
 
         async def go() -> int:
             async with Client(endpoint) as client:
                 return await command(client, args, out)
 
-        return asyncio.run(go())
+        return _run_async(go())
+
+    return run
+
+
+def _quick(
+    command: Callable[[Endpoint, argparse.Namespace, TextIO], int],
+) -> Callable[[argparse.Namespace, TextIO], int]:
+    """A one-shot client command: the standard library's HTTP, no event loop."""
+
+    def run(args: argparse.Namespace, out: TextIO) -> int:
+        from orchestrator.quickclient import resolve_endpoint  # noqa: PLC0415
+
+        return command(resolve_endpoint(args.server, args.token, args.cacert), args, out)
 
     return run
 
@@ -291,6 +391,10 @@ def submit_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def cmd_submit(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    from orchestrator import model  # noqa: PLC0415 - see the imports
+    from orchestrator.client import watch  # noqa: PLC0415
+    from orchestrator.planview import render_tree  # noqa: PLC0415
+
     answer = await client.submit(submit_body(args), args.idempotency_key)
     if args.json:
         out.write(json.dumps(answer, indent=2) + "\n")
@@ -305,10 +409,16 @@ async def cmd_submit(client: Client, args: argparse.Namespace, out: TextIO) -> i
     return EXIT_OK
 
 
-async def cmd_status(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_status(endpoint: Endpoint, args: argparse.Namespace, out: TextIO) -> int:
+    from rich.console import Console  # noqa: PLC0415 - see the imports
+    from rich.table import Table  # noqa: PLC0415
+
+    from orchestrator.quickclient import request  # noqa: PLC0415
+    from orchestrator.render import render_status  # noqa: PLC0415
+
     console = Console(file=out, highlight=False)
     if args.id is None:
-        ups = await client.upgrades()
+        ups = request(endpoint, "GET", "/v1/upgrades")["upgrades"]
         if args.json:
             out.write(json.dumps(ups, indent=2) + "\n")
             return EXIT_OK
@@ -320,7 +430,7 @@ async def cmd_status(client: Client, args: argparse.Namespace, out: TextIO) -> i
             table.add_row(up["id"], up["state"], up["name"], up["inventory"], versions)
         console.print(table)
         return EXIT_OK
-    doc = await client.status(args.id)
+    doc = request(endpoint, "GET", f"/v1/upgrades/{quote(args.id, safe='')}")
     if args.json:
         out.write(json.dumps(doc, indent=2) + "\n")
     else:
@@ -329,12 +439,19 @@ async def cmd_status(client: Client, args: argparse.Namespace, out: TextIO) -> i
 
 
 async def cmd_watch(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    from orchestrator.client import watch  # noqa: PLC0415 - see the imports
+
     return _outcome(await watch(client, args.id, out))
 
 
-async def cmd_control(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+def cmd_control(endpoint: Endpoint, args: argparse.Namespace, out: TextIO) -> int:
+    from orchestrator.quickclient import request  # noqa: PLC0415 - see the imports
+
+    path = f"/v1/upgrades/{quote(args.id, safe='')}/{args.command}"
     host = getattr(args, "host", None)
-    answer = await client.control(args.id, args.command, host=host)
+    if host is not None:
+        path = f"/v1/upgrades/{quote(args.id, safe='')}/hosts/{quote(host, safe='')}/{args.command}"
+    answer = request(endpoint, "POST", path)
     reason = f" ({answer['reason']})" if answer.get("reason") else ""
     out.write(f"{args.command}: upgrade {answer['id']} is {answer['state']}{reason}\n")
     return EXIT_OK
@@ -343,22 +460,24 @@ async def cmd_control(client: Client, args: argparse.Namespace, out: TextIO) -> 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     # minicloud and the demo load only for these commands
     from orchestrator import demo  # noqa: PLC0415 - see above
+    from orchestrator.logs import configure  # noqa: PLC0415
 
     configure("console", "warning")
     if args.computes < 2:
         raise UsageError("--computes: the minicloud playbook needs at least 2 computes")
-    summary = asyncio.run(
+    summary = _run_async(
         demo.run_demo(computes=args.computes, fail_host=args.fail_host, as_json=args.json, out=out)
     )
     return demo.exit_code(summary)
 
 
 def cmd_minicloud(args: argparse.Namespace, out: TextIO) -> int:
+    from orchestrator.logs import configure  # noqa: PLC0415
     from orchestrator.minicloud import commands  # noqa: PLC0415 - see cmd_demo
 
     configure("console", "warning")
     if args.minicloud_command == "up":
-        return asyncio.run(
+        return _run_async(
             commands.up(
                 args.dir.resolve(),
                 conductors=args.conductors,
@@ -369,19 +488,20 @@ def cmd_minicloud(args: argparse.Namespace, out: TextIO) -> int:
         )
     if not (args.dir / "db.sqlite").exists():
         raise UsageError(f"--dir {args.dir}: no minicloud there (start one with 'minicloud up')")
-    return asyncio.run(commands.status(args.dir.resolve(), as_json=args.json, out=out))
+    return _run_async(commands.status(args.dir.resolve(), as_json=args.json, out=out))
 
 
 HANDLERS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "demo": cmd_demo,
+    "completion": cmd_completion,
     "token": cmd_token,
     "minicloud": cmd_minicloud,
     "plan": cmd_plan,
     "serve": cmd_serve,
     "submit": _remote(cmd_submit),
-    "status": _remote(cmd_status),
+    "status": _quick(cmd_status),
     "watch": _remote(cmd_watch),
-    **dict.fromkeys((*ACTIONS, *HOST_ACTIONS), _remote(cmd_control)),
+    **dict.fromkeys((*ACTIONS, *HOST_ACTIONS), _quick(cmd_control)),
 }
 
 

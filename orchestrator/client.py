@@ -12,19 +12,14 @@ import asyncio
 import json
 import os
 import ssl
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
 import aiohttp
-from rich.console import Console, Group, RenderableType
+from rich.console import Console
 from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -33,93 +28,31 @@ from tenacity import (
 )
 from yarl import URL
 
-from orchestrator import events
-from orchestrator.api.endpoint import ADDRESS_FILE, DEFAULT_LISTEN, TOKEN_FILE, default_state_dir
+from orchestrator.quickclient import (
+    MAX_REDIRECTS,
+    Endpoint,
+    error_from_answer,
+    resolve_endpoint,
+    unreachable,
+)
+from orchestrator.render import describe_event, header, render_status
+
+__all__ = [
+    "Client",
+    "Endpoint",
+    "describe_event",
+    "error_from_answer",
+    "header",
+    "render_status",
+    "resolve_endpoint",
+    "watch",
+]
 from orchestrator.errors import (
-    ConflictError,
     DaemonUnavailable,
-    EventFormatError,
-    ForbiddenError,
-    InputError,
-    NotFoundError,
-    OrchestratorError,
-    Problem,
-    TooManyError,
-    UsageError,
 )
 
 RECONNECT_DEADLINE = 60.0
-MAX_REDIRECTS = 3  # a standby to its leader is one
 REFRESH = 0.25  # the live display redraws at most this often
-
-
-# --- where the daemon is -------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    url: str
-    token: str | None
-    cacert: str | None = None
-
-
-def resolve_endpoint(
-    server: str | None,
-    token: str | None,
-    cacert: str | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> Endpoint:
-    """--server/--token, else ORCHESTRATOR_URL/ORCHESTRATOR_TOKEN, else the
-    local daemon: the address it wrote in its state directory and its token file."""
-    env = os.environ if environ is None else environ
-    state_dir = Path(env["ORCHESTRATOR_STATE_DIR"]) if env.get("ORCHESTRATOR_STATE_DIR") else None
-    state_dir = state_dir or default_state_dir()
-    url = server or env.get("ORCHESTRATOR_URL")
-    if not url:
-        try:
-            url = str(json.loads((state_dir / ADDRESS_FILE).read_text())["url"])
-        except (OSError, ValueError, KeyError, TypeError):
-            url = f"http://{DEFAULT_LISTEN}"
-    secret = token or env.get("ORCHESTRATOR_TOKEN")
-    if not secret:
-        try:
-            secret = (state_dir / TOKEN_FILE).read_text(encoding="utf-8").strip() or None
-        except OSError:
-            secret = None
-    return Endpoint(url.rstrip("/"), secret, cacert or env.get("ORCHESTRATOR_CACERT"))
-
-
-# --- errors from answers ------------------------------------------------------------
-
-_BY_STATUS: dict[int, type[OrchestratorError]] = {
-    cls.http_status: cls
-    for cls in (UsageError, InputError, NotFoundError, ConflictError, ForbiddenError, TooManyError)
-}
-
-
-def error_from_answer(status: int, body: bytes) -> OrchestratorError:
-    try:
-        error = json.loads(body)["error"]
-        message = str(error["message"])
-        problems = [Problem(**p) for p in error.get("problems") or []]
-    except (ValueError, KeyError, TypeError):
-        message, problems = body.decode(errors="replace")[:500] or f"HTTP {status}", []
-    if status == 401:
-        return DaemonUnavailable(
-            f"the daemon refused the token ({message}); pass --token or set ORCHESTRATOR_TOKEN"
-        )
-    if status in (400, 422) and problems:
-        return InputError(problems)
-    cls = _BY_STATUS.get(status)
-    if cls is InputError:
-        return InputError(Problem(message=message))
-    if cls is not None:
-        return cls(message)
-    if status == 503:
-        return DaemonUnavailable(message)
-    if 400 <= status < 500:
-        return UsageError(message)
-    return OrchestratorError(f"the daemon failed (HTTP {status}): {message}")
 
 
 # --- the client ----------------------------------------------------------------
@@ -163,7 +96,9 @@ class Client:
 
     def _unreachable(self, exc: BaseException) -> DaemonUnavailable:
         reason = str(exc) or type(exc).__name__
-        return DaemonUnavailable(f"cannot reach the daemon at {self.endpoint.url}: {reason}")
+        if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
+            reason = os.strerror(exc.os_error.errno).lower()  # not aiohttp's wording
+        return unreachable(self.endpoint.url, reason)
 
     async def request(
         self,
@@ -281,106 +216,6 @@ async def _parse_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
             kind = value
         elif name == "data":
             data.append(value)
-
-
-# --- rendering -------------------------------------------------------------------
-
-
-def describe_event(event: Mapping[str, Any]) -> str | None:
-    """One plain line per event worth a line (None for the rest)."""
-    stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
-    try:
-        ev = events.parse(event["kind"], event["data"])
-    except EventFormatError:
-        return f"{stamp} {event['kind']} (written by a newer release)"
-    text = _describe(ev)
-    return None if text is None else f"{stamp} {text}"
-
-
-def _describe(ev: events.JournalEvent | None) -> str | None:
-    why, failed = getattr(ev, "reason", None), getattr(ev, "error", None)
-    reason = f": {why}" if why else ""
-    error = f": {failed}" if failed else ""
-    match ev:
-        case events.UpgradeStateChanged():
-            return f"upgrade {ev.state}{reason}"
-        case events.PhaseStateChanged():
-            return f"phase {ev.phase} {ev.state}{reason}"
-        case events.HostStateChanged():
-            return f"  {ev.phase} {ev.host} {ev.state}{error}"
-        case events.Step():
-            exit_ = f" (exit {ev.exit})" if ev.exit is not None else ""
-            return f"    {ev.host} {ev.step} {ev.state}{exit_}{error}"
-        case events.PreflightHost():
-            version = f" {ev.version}" if ev.version else ""
-            return f"  preflight {ev.host} {ev.status}{version}{error}"
-        case events.Gate():
-            return f"  gate {ev.phase}: {'passed' if ev.ok else 'failed'} ({ev.detail})"
-        case events.Health() if not ev.ok:
-            return f"    {ev.host} health check failed: {ev.detail}"
-        case events.Drain():
-            return f"    {ev.host} {ev.action} {ev.stage}{error}"
-        case events.Control():
-            host = f" {ev.host}" if ev.host else ""
-            by = f" (by {ev.by})" if ev.by else ""
-            return f"control: {ev.action}{host}{by}"
-    return None
-
-
-def header(doc: Mapping[str, Any]) -> str:
-    return (
-        f"upgrade {doc['id']}: {doc['name']} {doc['from_version']} -> {doc['to_version']} "
-        f"on {doc['inventory']}"
-    )
-
-
-def render_status(doc: Mapping[str, Any], *, running_limit: int = 10) -> RenderableType:
-    """The live picture: phases (a bar per rolling phase), hosts by state, running steps."""
-    state = doc["state"]
-    style = {"succeeded": "green", "failed": "red", "rolled_back": "yellow"}.get(state, "cyan")
-    title = Text(header(doc) + "  ")
-    title.append(state, style=f"bold {style}")
-    lines: list[RenderableType] = [title]
-    if doc.get("reason"):
-        lines.append(Text(f"  {doc['reason']}"))
-    phases = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
-    phases.add_column("phase")
-    phases.add_column("kind")
-    phases.add_column("state")
-    phases.add_column("hosts", justify="right")
-    phases.add_column("progress", width=30)
-    for phase in doc["phases"]:
-        total, finished = phase["hosts_total"], phase["hosts_finished"]
-        bar: RenderableType = Text("")
-        if phase["kind"] == "rolling":
-            bar = ProgressBar(total=max(total, 1), completed=finished, width=30)
-        flag = " (point of no return)" if phase["irreversible"] else ""
-        phases.add_row(
-            phase["name"] + flag, phase["kind"], phase["state"], f"{finished}/{total}", bar
-        )
-    lines.append(phases)
-    progress = doc["progress"]
-    by_state = ", ".join(f"{k} {v}" for k, v in sorted(progress["hosts_by_state"].items()) if v)
-    lines.append(
-        Text(
-            f"phases {progress['phases_done']}/{progress['phases_total']}  "
-            f"steps {progress['steps_done']}/{progress['steps_total']}  hosts: {by_state}"
-        )
-    )
-    running = [
-        f"  {phase['name']} {host['host']}: {step['name']}"
-        for phase in doc["phases"]
-        for batch in phase["batches"]
-        for host in batch["hosts"]
-        for step in host["steps"]
-        if step["state"] in ("running", "undoing")
-    ]
-    if running:
-        more = len(running) - running_limit
-        shown = running[:running_limit] + ([f"  ... and {more} more"] if more > 0 else [])
-        lines.append(Text("running:\n" + "\n".join(shown)))
-    lines.append(Text(f"next: {doc['next']}"))
-    return Group(*lines)
 
 
 async def watch(

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from orchestrator import model
 from orchestrator.cli import main
@@ -152,3 +157,52 @@ def test_serve_refuses_a_store_that_is_not_postgresql(tmp_path: Path) -> None:
     assert code == 2
     assert "renew <= lease / 2" in err
     assert not (tmp_path / "state").exists(), "refused before anything was created"
+
+
+def test_version_and_examples_in_every_commands_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert re.fullmatch(r"orchestrator \d+\.\d+\.\d+.*\n", capsys.readouterr().out)
+    for command in ("plan", "serve", "submit", "status", "approve", "retry", "demo", "completion"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "examples:\n  orchestrator " + command in text, command
+
+
+def test_completion_scripts_know_the_commands_and_options() -> None:
+    for shell in ("bash", "zsh"):
+        code, out, _ = _run(["completion", shell])
+        assert code == 0
+        for word in ("submit", "approve", "--idempotency-key", "--lease-seconds", "rollback"):
+            assert word in out, (shell, word)
+    bash = shutil.which("bash")
+    if bash is not None:  # the bash script is valid bash
+        _, out, _ = _run(["completion", "bash"])
+        assert subprocess.run([bash, "-n"], input=out.encode(), check=False).returncode == 0
+
+
+def test_server_without_a_scheme_is_a_clear_usage_error() -> None:
+    code, _, err = _run(["status", "--server", "127.0.0.1:8750"])
+    assert code == 2
+    assert err == (
+        "error: --server 127.0.0.1:8750: give the scheme too, like http://127.0.0.1:8750 "
+        "or https://127.0.0.1:8750\n"
+    )
+    code, _, err = _run(["pause", "u1", "--server", "ftp://h:1"])
+    assert (code, err) == (
+        2,
+        "error: --server ftp://h:1: expected http://HOST:PORT or https://HOST:PORT\n",
+    )
+
+
+def test_an_unreachable_daemon_says_how_to_start_one(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for argv in (["status"], ["approve", "u1"], ["watch", "u1"]):
+        code, _, err = _run([*argv, "--server", f"http://127.0.0.1:{port}"])
+        assert code == 3, argv
+        assert err.startswith(f"error: cannot reach the daemon at http://127.0.0.1:{port}: "), err
+        assert "connection refused; start one with 'orchestrator serve' (in another shell)" in err

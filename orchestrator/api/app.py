@@ -21,9 +21,9 @@ from aiohttp.abc import AbstractAccessLogger
 
 from orchestrator.access import Tokens, required_role
 from orchestrator.api import handlers, keys, sse
+from orchestrator.api.endpoint import ACTIONS, HOST_ACTIONS
 from orchestrator.api.limits import StreamSlots
 from orchestrator.api.metrics import Metrics
-from orchestrator.api.openapi import ACTIONS, HOST_ACTIONS
 from orchestrator.daemonconfig import SecretSources
 from orchestrator.engine.manager import UpgradeManager
 from orchestrator.errors import ForbiddenError, NotLeaderError, OrchestratorError

@@ -11,11 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from orchestrator.api.endpoint import FILE_NAME_PATTERN
 from orchestrator.errors import InputError, MalformedBody, NumberTooLong, Problem
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 # a file name as the operator typed it, for error messages ("site/inv.yaml:3")
-FILE_NAME_PATTERN = r"^[A-Za-z0-9_.+/-]{1,255}$"
 MAX_TEXT = 4 * 1024 * 1024
 BODY = "request body"
 NOT_NULLABLE = (

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.api.body import FILE_NAME_PATTERN, MAX_TEXT, NAME_PATTERN
+from orchestrator.api.body import MAX_TEXT, NAME_PATTERN
+from orchestrator.api.endpoint import ACTIONS, FILE_NAME_PATTERN, HOST_ACTIONS
 from orchestrator.engine.states import HostState, PhaseState, StepState, UpgradeState
 
-ACTIONS = ("pause", "resume", "abort", "approve", "rollback")
-# on a paused upgrade, for a host that failed in it
-HOST_ACTIONS = {
-    "retry": "run a failed host's phase procedure again when the upgrade resumes",
-    "skip": "leave a failed host behind, out of service, so the gates may pass",
-}
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,200}$"
 LAST_EVENT_ID_PATTERN = r"^[0-9]{1,18}$"
 
