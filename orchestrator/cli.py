@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("watch", parents=[remote], help="follow an upgrade live to its end")
     p.add_argument("id", help="upgrade id")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="stop watching after this many seconds (exit 3; the upgrade goes on)",
+    )
 
     for action in ACTIONS:
         p = sub.add_parser(action, parents=[remote], help=f"{action} an upgrade")
@@ -441,7 +446,11 @@ def cmd_status(endpoint: Endpoint, args: argparse.Namespace, out: TextIO) -> int
 async def cmd_watch(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     from orchestrator.client import watch  # noqa: PLC0415 - see the imports
 
-    return _outcome(await watch(client, args.id, out))
+    try:
+        return _outcome(await watch(client, args.id, out, timeout=args.timeout))
+    except TimeoutError:
+        out.write(f"still {args.id} after {args.timeout:g} s: stopped watching; it goes on\n")
+        return EXIT_UNREACHABLE
 
 
 def cmd_control(endpoint: Endpoint, args: argparse.Namespace, out: TextIO) -> int:

@@ -9,6 +9,7 @@ in its one place (`orchestrator.cli.main`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import ssl
@@ -35,7 +36,7 @@ from orchestrator.quickclient import (
     resolve_endpoint,
     unreachable,
 )
-from orchestrator.render import describe_event, header, render_status
+from orchestrator.render import describe_event, failure_lines, header, render_status, verdict
 
 __all__ = [
     "Client",
@@ -53,6 +54,7 @@ from orchestrator.errors import (
 
 RECONNECT_DEADLINE = 60.0
 REFRESH = 0.25  # the live display redraws at most this often
+TICK = 1.0  # and at least this often: the elapsed times tick
 
 
 # --- the client ----------------------------------------------------------------
@@ -219,34 +221,69 @@ async def _parse_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
 
 
 async def watch(
-    client: Client, upgrade_id: str, out: TextIO, *, live: bool | None = None
+    client: Client,
+    upgrade_id: str,
+    out: TextIO,
+    *,
+    live: bool | None = None,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Follow an upgrade to its end; returns the final status document.
+    """Follow an upgrade to its end; returns the final status document, after
+    printing the verdict line. `timeout`: give up watching (TimeoutError) after
+    that many seconds; the upgrade goes on.
 
     On a terminal (or with live=True) a rich display redraws from the status
-    document, at most every REFRESH seconds however fast events come; else
-    one plain line per event."""
+    document, at most every REFRESH seconds however fast events come, and every
+    second anyway so the clocks tick; else one plain line per event."""
     if live is None:
         live = Console(file=out).is_terminal
+    async with asyncio.timeout(timeout):
+        doc = await (
+            _plain(client, upgrade_id, out) if not live else _live(client, upgrade_id, out)
+        )
+    out.write(f"upgrade {upgrade_id} {verdict(doc)}\n")
+    out.flush()
+    return doc
+
+
+async def _plain(client: Client, upgrade_id: str, out: TextIO) -> dict[str, Any]:
     doc = await client.status(upgrade_id)
-    if not live:
-        out.write(header(doc) + "\n")
-        out.flush()
-        async for event in client.events(upgrade_id):
-            line = describe_event(event)
-            if line is not None:
-                out.write(line + "\n")
-                out.flush()
-        doc = await client.status(upgrade_id)
-        out.write(f"upgrade {upgrade_id} {doc['state']}: {doc['next']}\n")
-        return doc
+    out.write(header(doc) + "\n")
+    if doc["state"] == "waiting_approval":
+        out.write(approve_hint(upgrade_id) + "\n")
+    out.flush()
+    async for event in client.events(upgrade_id):
+        line = describe_event(event)
+        if line is not None:
+            out.write(line + "\n")
+            if (
+                event["kind"] == "upgrade.state"
+                and event["data"].get("state") == "waiting_approval"
+            ):
+                out.write(approve_hint(upgrade_id) + "\n")
+            out.flush()
+    doc = await client.status(upgrade_id)
+    failure = doc.get("first_failure")
+    if failure:
+        out.write("\n".join(failure_lines(failure)) + "\n")
+    return doc
+
+
+def approve_hint(upgrade_id: str) -> str:
+    return f"waiting for approval: orchestrator approve {upgrade_id}"
+
+
+async def _live(client: Client, upgrade_id: str, out: TextIO) -> dict[str, Any]:
+    doc = await client.status(upgrade_id)
     console = Console(file=out, force_terminal=True, highlight=False)
     with Live(render_status(doc), console=console, auto_refresh=False) as display:
         changed = asyncio.Event()
 
         async def redraw() -> None:
             while True:
-                await changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(TICK):
+                        await changed.wait()
                 changed.clear()
                 display.update(render_status(await client.status(upgrade_id)), refresh=True)
                 await asyncio.sleep(REFRESH)

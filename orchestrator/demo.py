@@ -31,6 +31,7 @@ from orchestrator.minicloud.control import pin_drift, versions
 from orchestrator.minicloud.embedded import embedded_cloud
 from orchestrator.minicloud.layout import PREFIX, read_host_config
 from orchestrator.minicloud.loadgen import LoadGenerator
+from orchestrator.render import failure_lines, verdict
 
 DAEMON_START_DEADLINE = 30.0
 
@@ -167,6 +168,8 @@ async def run_demo(
         "upgrade": upgrade_id,
         "state": doc["state"],
         "reason": doc.get("reason"),
+        "verdict": verdict(doc),
+        "first_failure": doc.get("first_failure"),
         "duration_s": round(duration, 1),
         "requests": report.requests,
         "failed": report.failed,
@@ -205,6 +208,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     if summary.get("reason"):
         lines.insert(2, f"  {summary['reason']}")
+    failure = summary.get("first_failure")
+    if failure:  # the cause stays on screen, whatever the rollback said last
+        lines[3:3] = ["  " + line for line in failure_lines(failure)]
     return "\n".join(lines) + "\n"
 
 

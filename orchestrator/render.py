@@ -64,15 +64,91 @@ def header(doc: Mapping[str, Any]) -> str:
     )
 
 
-def render_status(doc: Mapping[str, Any], *, running_limit: int = 10) -> RenderableType:
-    """The live picture: phases (a bar per rolling phase), hosts by state, running steps."""
+ICONS = {
+    "pending": "·",
+    "draining": "⇣",
+    "upgrading": "⟳",
+    "checking": "♥",
+    "undraining": "⇡",
+    "done": "✓",
+    "skipped": "↷",
+    "failed": "✗",
+    "rolling_back": "↺",
+    "rolled_back": "↺",
+}
+STATE_STYLE = {
+    "succeeded": "green",
+    "done": "green",
+    "failed": "red",
+    "rolled_back": "yellow",
+    "rolling_back": "yellow",
+    "aborted": "yellow",
+}
+ACTIVE_HOST = ("draining", "upgrading", "checking", "undraining", "rolling_back", "failed")
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def elapsed(doc: Mapping[str, Any], now: float | None = None) -> float:
+    """Seconds since the upgrade began: to its last event once it has ended."""
+    start = doc.get("created_at") or 0.0
+    if doc.get("terminal"):
+        return float((doc.get("updated_at") or start) - start)
+    return (time.time() if now is None else now) - start
+
+
+def verdict(doc: Mapping[str, Any]) -> str:
+    """The last line: how it ended and why."""
     state = doc["state"]
-    style = {"succeeded": "green", "failed": "red", "rolled_back": "yellow"}.get(state, "cyan")
+    hosts = doc.get("hosts") or {}
+    took = duration(elapsed(doc))
+    if state == "succeeded":
+        count = f"{hosts.get('through', 0)}/{hosts.get('total', 0)} hosts at {doc['to_version']}"
+        return f"succeeded in {took}, {count}"
+    failure = doc.get("first_failure")
+    cause = failure["summary"] if failure else (doc.get("reason") or "no reason given")
+    label = state.replace("_", " ")
+    if state in ("rolled_back", "failed", "aborted"):
+        return f"{label} after {took}: {cause}"
+    return f"{label}: {doc['next']}"
+
+
+def failure_lines(failure: Mapping[str, Any]) -> list[str]:
+    where = " ".join(
+        f"{k} {failure[k]}" for k in ("phase", "host", "step") if failure.get(k) is not None
+    )
+    lines = [f"first failure: {failure['summary']}"]
+    if where:
+        lines.append(f"  where: {where}")
+    lines += [f"  | {line}" for line in (failure.get("output") or "").splitlines()[-10:]]
+    return lines
+
+
+def render_status(
+    doc: Mapping[str, Any], *, running_limit: int = 20, now: float | None = None
+) -> RenderableType:
+    """The live picture: phases (a bar per rolling phase, coloured by outcome),
+    the running phase's busy hosts, the first failure, hosts counted once."""
+    state = doc["state"]
+    style = STATE_STYLE.get(state, "cyan")
     title = Text(header(doc) + "  ")
     title.append(state, style=f"bold {style}")
+    title.append(f"  {duration(elapsed(doc, now))}")
     lines: list[RenderableType] = [title]
     if doc.get("reason"):
         lines.append(Text(f"  {doc['reason']}"))
+    failure = doc.get("first_failure")
+    if failure:
+        lines.append(Text("\n".join(failure_lines(failure)), style="red"))
     phases = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
     phases.add_column("phase")
     phases.add_column("kind")
@@ -83,31 +159,61 @@ def render_status(doc: Mapping[str, Any], *, running_limit: int = 10) -> Rendera
         total, finished = phase["hosts_total"], phase["hosts_finished"]
         bar: RenderableType = Text("")
         if phase["kind"] == "rolling":
-            bar = ProgressBar(total=max(total, 1), completed=finished, width=30)
+            colour = STATE_STYLE.get(phase["state"], "cyan")
+            bar = ProgressBar(
+                total=max(total, 1),
+                completed=finished,
+                width=30,
+                complete_style=colour,
+                finished_style=colour,
+            )
         flag = " (point of no return)" if phase["irreversible"] else ""
         phases.add_row(
-            phase["name"] + flag, phase["kind"], phase["state"], f"{finished}/{total}", bar
+            phase["name"] + flag,
+            phase["kind"],
+            Text(phase["state"], style=STATE_STYLE.get(phase["state"], "")),
+            f"{finished}/{total}",
+            bar,
         )
     lines.append(phases)
+    busy = _busy_hosts(doc, now)
+    if busy:
+        more = len(busy) - running_limit
+        shown = busy[:running_limit] + ([f"  ... and {more} more"] if more > 0 else [])
+        lines.append(Text("hosts at work:\n" + "\n".join(shown)))
+    hosts = doc.get("hosts") or {}
+    by_state = ", ".join(f"{k} {v}" for k, v in (hosts.get("by_state") or {}).items() if v)
     progress = doc["progress"]
-    by_state = ", ".join(f"{k} {v}" for k, v in sorted(progress["hosts_by_state"].items()) if v)
     lines.append(
         Text(
-            f"phases {progress['phases_done']}/{progress['phases_total']}  "
-            f"steps {progress['steps_done']}/{progress['steps_total']}  hosts: {by_state}"
+            f"hosts {hosts.get('through', 0)}/{hosts.get('total', 0)} through every phase "
+            f"({by_state})  phases {progress['phases_done']}/{progress['phases_total']}  "
+            f"steps {progress['steps_done']}/{progress['steps_total']}"
         )
     )
-    running = [
-        f"  {phase['name']} {host['host']}: {step['name']}"
-        for phase in doc["phases"]
-        for batch in phase["batches"]
-        for host in batch["hosts"]
-        for step in host["steps"]
-        if step["state"] in ("running", "undoing")
-    ]
-    if running:
-        more = len(running) - running_limit
-        shown = running[:running_limit] + ([f"  ... and {more} more"] if more > 0 else [])
-        lines.append(Text("running:\n" + "\n".join(shown)))
+    if state == "waiting_approval":
+        lines.append(Text(f"approve with: orchestrator approve {doc['id']}", style="bold"))
     lines.append(Text(f"next: {doc['next']}"))
     return Group(*lines)
+
+
+def _busy_hosts(doc: Mapping[str, Any], now: float | None) -> list[str]:
+    """A row per host at work in a running phase: icon, state, step, time."""
+    clock = time.time() if now is None else now
+    rows: list[str] = []
+    for phase in doc["phases"]:
+        if phase["state"] not in ("running", "rolling_back"):
+            continue
+        for batch in phase["batches"]:
+            for host in batch["hosts"]:
+                if host["state"] not in ACTIVE_HOST:
+                    continue
+                step = next(
+                    (s for s in host["steps"] if s["state"] in ("running", "undoing")), None
+                )
+                doing = f" {step['name']}" if step else ""
+                since = host.get("started_at")
+                took = f"  {duration(clock - since)}" if since else ""
+                icon = ICONS.get(host["state"], "?")
+                rows.append(f"  {icon} {phase['name']} {host['host']} {host['state']}{doing}{took}")
+    return rows

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -76,7 +77,9 @@ async def test_submit_watch_to_success_exits_0(api: Api, files: tuple[str, str])
     assert lines[1] == f"upgrade {upgrade_id}: lab 1.0 -> 2.0 on shell-cloud"
     assert any(line.endswith("phase roll done") for line in lines)
     assert any("roll host-2 done" in line for line in lines)
-    assert lines[-1] == f"upgrade {upgrade_id} succeeded: nothing: every phase is done"
+    # issue 13: the approval gate says how to approve; the end is one verdict line
+    assert f"waiting for approval: orchestrator approve {upgrade_id}" in lines
+    assert re.fullmatch(rf"upgrade {upgrade_id} succeeded in \d+ s, 2/2 hosts at 2\.0", lines[-1])
 
     code, out, _ = await cli(api, "status", upgrade_id, "--json")
     assert code == 0
@@ -114,7 +117,10 @@ async def test_watch_of_a_rolled_back_upgrade_exits_1(api: Api, files: tuple[str
 
     code, out, _ = await watching
     assert code == 1
-    assert out.splitlines()[-1].startswith(f"upgrade {upgrade_id} rolled_back")
+    assert re.fullmatch(
+        rf"upgrade {upgrade_id} rolled back after \d+ s: every host and pin undone",
+        out.splitlines()[-1],
+    )
 
 
 async def test_bad_input_exits_2_naming_file_and_line(api: Api, tmp_path: Path) -> None:
@@ -212,9 +218,11 @@ async def test_live_display_shows_phases_bars_hosts_and_running_steps(
     assert f"upgrade {upgrade_id}: lab 1.0 -> 2.0 on shell-cloud  running" in text
     assert "contract (point of no return)" in text
     assert "━" in text  # the rolling phase's bar
-    assert "running:\n  roll host-1: while [ ! -f go ]" in text
-    assert "hosts: " in text
-    assert "next: phase roll" in text
+    # issue 13: a row per host at work (icon, state, step, time), hosts counted
+    # once each, and "next" names what follows the running phase, not itself
+    assert re.search(r"hosts at work:\n  ⟳ roll host-1 upgrading while \[ ! -f go \].* \d+ s", text)
+    assert "hosts 0/2 through every phase (done 1, upgrading 1)" in text
+    assert "next: phase contract, once roll is done" in text
 
 
 async def test_live_watch_redraws_until_the_end(api: Api, files: tuple[str, str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -38,6 +39,45 @@ async def test_demo_json_summary_says_n_requests_0_failed() -> None:
     assert not summary["old_column_present"]
     assert summary["pin_drift"] == {}  # every service runs the pin its config has
     assert "demo: approving" in err.decode()  # the point of no return was approved over HTTP
+    assert re.fullmatch(r"succeeded in \d+ s, 7/7 hosts at 2\.0", summary["verdict"])
+    assert summary["first_failure"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_a_failed_host_is_the_cause_to_the_end() -> None:
+    """Issue 13: the final screen said "every host and pin undone", not which
+    host failed which check with what output."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "demo",
+        "--json",
+        "--fail-host",
+        "cmp-2",
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 1, err.decode()[-3000:]
+    summary = json.loads(out.decode().strip().splitlines()[-1])
+    assert summary["state"] == "rolled_back"
+    assert summary["failed"] == 0
+    failure = summary["first_failure"]
+    assert (failure["what"], failure["host"], failure["phase"]) == (
+        "health",
+        "cmp-2",
+        "upgrade-computes",
+    )
+    assert failure["summary"].startswith("cmp-2 failed its health check: ")
+    assert summary["verdict"].startswith("rolled back after ")
+    assert summary["verdict"].endswith(failure["summary"])
+    chatter = err.decode().splitlines()
+    # the plain watch ends with the cause, then the verdict
+    assert f"first failure: {failure['summary']}" in chatter
+    assert chatter[-1] == f"upgrade {summary['upgrade']} {summary['verdict']}"
 
 
 async def test_demo_rejects_an_unknown_fail_host_before_upgrading() -> None:

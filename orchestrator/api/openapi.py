@@ -218,6 +218,33 @@ SCHEMAS: dict[str, Any] = {
                 }
             ),
             "next": {"type": "string", "description": "what happens next, in words"},
+            "hosts": {
+                **_obj({"total": INT, "through": INT, "by_state": _counts()}),
+                "description": "hosts counted once each: how many, how many are through "
+                "every phase they take part in, and each one's state in its latest phase",
+            },
+            "first_failure": {
+                "oneOf": [
+                    {"type": "null"},
+                    _obj(
+                        {
+                            "what": {
+                                "type": "string",
+                                "enum": ["step", "health", "host", "gate", "upgrade"],
+                            },
+                            "phase": _nullable("string"),
+                            "host": _nullable("string"),
+                            "step": _nullable("string"),
+                            "exit": _nullable("integer"),
+                            "message": STR,
+                            "output": {"type": "string", "description": "its last lines"},
+                            "at": {"type": "number"},
+                            "summary": {"type": "string", "description": "in one line"},
+                        }
+                    ),
+                ],
+                "description": "the first thing that went wrong, kept through rollback",
+            },
             "skipped_hosts": {
                 "type": "object",
                 "additionalProperties": STR,

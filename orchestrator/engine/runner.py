@@ -108,7 +108,18 @@ class Engine:
         upgrade stalls here: visible in the status, the event stream and
         /healthz, until the operator, space freed, resumes it."""
         stored = await self._append(event.KIND, event.to_data(), release)
+        first = self.view.first_failure
         self.view.apply(stored, event)
+        if first is None and (failure := self.view.first_failure) is not None:
+            log.warning(  # the cause, once, however much rollback follows
+                "first failure",
+                what=failure.what,
+                phase=failure.phase,
+                host=failure.host,
+                step=failure.step,
+                message=failure.message,
+                output=failure.output,
+            )
         if self.on_event is not None:
             self.on_event(stored)
         self._changed.set()

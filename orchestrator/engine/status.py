@@ -63,11 +63,70 @@ def next_action(plan: model.Plan, view: UpgradeView) -> str:
         if view.irreversible_done:
             return f"fix forward: phase '{view.irreversible_done}' was the point of no return"
         return "rollback to undo every change, or submit again to retry"
-    for phase in plan.phases:
+    for i, phase in enumerate(plan.phases):
         pv = view.phases.get(phase.name)
         if pv is None or pv.state is not PhaseState.DONE:
-            return f"phase {phase.name}"
+            if pv is None or pv.state is PhaseState.PENDING:
+                return f"phase {phase.name}"
+            # this one runs now: what comes next is what follows it
+            later = plan.phases[i + 1 :]
+            after = f"phase {later[0].name}" if later else "the end"
+            return f"{after}, once {phase.name} is done"
     return "finishing"
+
+
+def first_failure(plan: model.Plan, view: UpgradeView) -> dict[str, Any] | None:
+    """The first thing that went wrong, kept to the end (None: nothing did)."""
+    failure = view.first_failure
+    if failure is None:
+        return None
+    names = {s.id: s.name for p in plan.phases for b in p.batches for h in b.hosts for s in h.steps}
+    step = names.get(failure.step, failure.step) if failure.step else None
+    return {
+        "what": failure.what,
+        "phase": failure.phase,
+        "host": failure.host,
+        "step": step,
+        "exit": failure.exit,
+        "message": failure.message,
+        "output": failure.output,
+        "at": failure.at,
+        "summary": describe_failure(failure.what, failure.host, step, failure.message),
+    }
+
+
+def describe_failure(what: str, host: str | None, step: str | None, message: str) -> str:
+    """One line: "cmp-2 failed its health check: ...", "cmp-2: step X failed (exit 1)"."""
+    if what == "health":
+        detail = message.split("health: ", 1)[-1]
+        return f"{host} failed its health check: {detail}"
+    if what == "step":
+        return f"{host}: step {step!r} {message.removeprefix('step ')}"
+    if host is not None:
+        return f"{host}: {message}"
+    return message
+
+
+def distinct_hosts(plan: model.Plan, view: UpgradeView) -> dict[str, Any]:
+    """Hosts counted once each (not host x phase): how many there are, how
+    many are through every phase they take part in, and each one's state in
+    the latest phase of theirs that has started."""
+    current: dict[str, str] = {}
+    through: dict[str, bool] = {}
+    for phase in plan.phases:
+        pv = view.phases.get(phase.name)
+        for batch in phase.batches:
+            for hp in batch.hosts:
+                hv = pv.hosts.get(hp.host) if pv else None
+                state = hv.state if hv else HostState.PENDING
+                through[hp.host] = through.get(hp.host, True) and state is HostState.DONE
+                if hv is not None or hp.host not in current:
+                    current[hp.host] = state.value
+    return {
+        "total": len(current),
+        "through": sum(through.values()),
+        "by_state": dict(sorted(Counter(current.values()).items())),
+    }
 
 
 def status_document(
@@ -143,6 +202,8 @@ def status_document(
             "hosts_by_state": dict(hosts_by_state),
         },
         "next": next_action(plan, view),
+        "hosts": distinct_hosts(plan, view),
+        "first_failure": first_failure(plan, view),
         "skipped_hosts": dict(sorted(view.skipped.items())),
         "approvals": [
             {"phase": phase, "by": by, "at": at} for phase, (by, at) in view.approved.items()

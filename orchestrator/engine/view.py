@@ -81,6 +81,21 @@ class PhaseView:
         return view
 
 
+@dataclass(frozen=True, slots=True)
+class FirstFailure:
+    """What went wrong first: kept to the end, through rollback and restarts.
+    `what`: step, health, host, gate (a phase's), or upgrade (preflight...)."""
+
+    what: str
+    message: str
+    at: float
+    phase: str | None = None
+    host: str | None = None
+    step: str | None = None  # its id; the status document names it
+    exit: int | None = None
+    output: str = ""  # the last lines of the step's output
+
+
 @dataclass(slots=True)
 class UpgradeView:
     id: str
@@ -109,6 +124,11 @@ class UpgradeView:
     skipped: dict[str, str] = field(default_factory=dict)
     # (phase, host) the operator ordered retried, until the retry starts
     retries: set[tuple[str, str]] = field(default_factory=set)
+    first_failure: FirstFailure | None = None
+
+    def failed_first(self, failure: FirstFailure) -> None:
+        if self.first_failure is None:
+            self.first_failure = failure
 
     def phase(self, name: str) -> PhaseView:
         view = self.phases.get(name)
@@ -151,6 +171,8 @@ class UpgradeView:
             case events.UpgradeStateChanged():
                 self.state = UpgradeState.parse(typed.state)
                 self.reason = typed.reason
+                if self.state is UpgradeState.FAILED and typed.reason:
+                    self.failed_first(FirstFailure("upgrade", typed.reason, at))
                 if typed.verify_step:
                     self.awaiting_verification = typed.verify_step
             case events.PreflightHost():
@@ -174,6 +196,8 @@ def _phase_state(view: UpgradeView, ev: events.PhaseStateChanged, at: float) -> 
     phase.state = PhaseState(ev.state)
     if ev.reason is not None:  # kept through rollback: why the phase failed stays visible
         phase.reason = ev.reason
+    if phase.state is PhaseState.FAILED and ev.reason:
+        view.failed_first(FirstFailure("gate", ev.reason, at, phase=ev.phase))
     if phase.state is PhaseState.RUNNING and phase.started_at is None:
         phase.started_at = at
     if phase.state in (PhaseState.DONE, PhaseState.FAILED, PhaseState.ROLLED_BACK):
@@ -187,6 +211,9 @@ def _host_state(view: UpgradeView, ev: events.HostStateChanged, at: float) -> No
     host.state = HostState(ev.state)
     if ev.error is not None:
         host.error = ev.error
+        if host.state in (HostState.ROLLING_BACK, HostState.FAILED):
+            what = "health" if "health" in ev.error else "host"
+            view.failed_first(FirstFailure(what, ev.error, at, phase=ev.phase, host=ev.host))
     if host.started_at is None and host.state is not HostState.PENDING:
         host.started_at = at
     if host.state in (HostState.DONE, HostState.FAILED, HostState.ROLLED_BACK, HostState.SKIPPED):
@@ -233,6 +260,13 @@ def _step(view: UpgradeView, ev: events.Step, at: float) -> None:
         step.error = ev.error
     if state in (StepState.DONE, StepState.FAILED, StepState.UNDONE):
         step.finished_at = at
+    if state is StepState.FAILED:
+        exit_ = f" (exit {step.exit})" if step.exit is not None else ""
+        message = f"step failed{exit_}" + (f": {step.error}" if step.error else "")
+        failure = FirstFailure(
+            "step", message, at, ev.phase, ev.host, ev.step, step.exit, _tail(step.output, 10)
+        )
+        view.failed_first(failure)
     key = (ev.phase, ev.host, ev.step)
     if state is StepState.DONE:
         view.completed.append(key)
@@ -256,6 +290,5 @@ def _control(view: UpgradeView, ev: events.Control, at: float) -> None:
         view.retries.discard((ev.phase, ev.host))
 
 
-def _tail(text: str) -> str:
-    lines = text.splitlines()
-    return "\n".join(lines[-OUTPUT_LINES:])
+def _tail(text: str, lines: int = OUTPUT_LINES) -> str:
+    return "\n".join(text.splitlines()[-lines:])
