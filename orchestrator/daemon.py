@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
-from orchestrator import statedir
+from orchestrator import sdnotify, statedir
 from orchestrator.api import keys
 from orchestrator.api.app import AccessLogger, make_app
 from orchestrator.api.endpoint import ADDRESS_FILE, DEFAULT_LISTEN, TOKEN_FILE
@@ -244,7 +244,13 @@ async def _run(
         )
         if peer is not None:
             peer.start()  # a standby until it takes the lease
-        await _until_stopped(app, manager)
+        sdnotify.notify(f"READY=1\nSTATUS=listening on {url}")
+        pinging = asyncio.create_task(sdnotify.watchdog(), name="watchdog")
+        try:
+            await _until_stopped(app, manager)
+        finally:
+            pinging.cancel()
+            await asyncio.gather(pinging, return_exceptions=True)
     finally:
         if peer is not None:
             await peer.stop()
@@ -263,6 +269,7 @@ async def _until_stopped(app: web.Application, manager: UpgradeManager) -> None:
         loop.add_signal_handler(sig, received.put_nowait, sig)
     try:
         first = await received.get()
+        sdnotify.notify("STOPPING=1")
         log.info(
             "stopping: running steps finish and are journaled; signal again to cancel them",
             signal=first.name,

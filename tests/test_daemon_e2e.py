@@ -14,11 +14,15 @@ import datetime
 import ipaddress
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import sqlite3
 import stat
+import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.enginekit import inventory_text, seed
+from tests.integration.servers import missing_parts
 from tests.sshhosts import MakeSSHHosts, SSHHosts
 from tests.test_api import PLAYBOOK, finish, poll, release, step_state
 
@@ -555,3 +560,54 @@ async def test_a_token_file_others_can_read_is_refused(tmp_path: Path) -> None:
     assert code == 2
     assert f"chmod 600 {token}" in err
     assert "a-token-that-is-long-enough" not in err
+
+
+async def test_systemd_hears_ready_watchdog_and_stopping(tmp_path: Path) -> None:
+    """Issue 13: the unit was Type=exec, with no readiness and no watchdog."""
+    directory = Path(tempfile.mkdtemp(prefix="notify-"))  # a short socket path
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        listener.bind(str(directory / "notify"))
+        listener.setblocking(False)
+        running = Daemon(tmp_path / "state", tmp_path / "daemon.log")
+        running.env |= {"NOTIFY_SOCKET": str(directory / "notify"), "WATCHDOG_USEC": "200000"}
+        loop = asyncio.get_running_loop()
+
+        async def heard() -> str:
+            async with asyncio.timeout(20):
+                return (await loop.sock_recv(listener, 4096)).decode()
+
+        await running.start()
+        first = await heard()
+        assert first.startswith("READY=1\nSTATUS=listening on http://127.0.0.1:"), first
+        assert (running.state_dir / "daemon.json").exists(), "ready only once it listens"
+        assert [await heard() for _ in range(3)] == ["WATCHDOG=1"] * 3  # every 0.1 s
+        await running.signal(signal.SIGTERM)
+        while (said := await heard()) == "WATCHDOG=1":
+            pass
+        assert said == "STOPPING=1"
+        assert await running.wait() == 0
+    finally:
+        listener.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_the_shipped_unit_is_hardened_below_3() -> None:
+    """Issue 13: `systemd-analyze security` rated the unit 5.9 MEDIUM."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        missing_parts("needs systemd-analyze; install with: sudo apt-get install -y systemd")
+    unit = Path(__file__).resolve().parent.parent / "docs" / "orchestrator.service"
+    with tempfile.TemporaryDirectory() as tmp:  # the unit's name is its file name
+        copy = Path(tmp) / "orchestrator.service"
+        copy.write_text(unit.read_text())
+        done = subprocess.run(
+            [analyze, "security", "--offline=yes", "--no-pager", str(copy)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    found = re.search(r"Overall exposure level for orchestrator\.service: (\d+\.\d+)", done.stdout)
+    assert found is not None, done.stdout[-2000:] + done.stderr[-2000:]
+    assert float(found.group(1)) < 3.0, done.stdout
+    assert "Type=notify" in unit.read_text()
