@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -397,10 +398,15 @@ async def test_submit_pause_resume_approve_point_of_no_return(api: Api) -> None:
     assert [(u["id"], u["state"]) for u in listing["upgrades"]] == [(upgrade_id, "succeeded")]
 
     metrics = await api.ok("GET", "/metrics")
-    assert 'orchestrator_upgrades{state="succeeded"} 1' in metrics
-    assert 'orchestrator_step_duration_seconds_count{outcome="ok"} 8' in metrics
-    assert 'orchestrator_step_duration_seconds_bucket{outcome="ok",le="+Inf"} 8' in metrics
-    assert "\norchestrator_leader 1\n" in metrics  # on SQLite, the sole daemon leads
+    assert 'orchestrator_upgrades{state="succeeded"} 1.0' in metrics
+    assert 'orchestrator_step_duration_seconds_count{outcome="ok"} 8.0' in metrics
+    assert 'orchestrator_step_duration_seconds_bucket{le="+Inf",outcome="ok"} 8.0' in metrics
+    assert "\norchestrator_leader 1.0\n" in metrics  # on SQLite, the sole daemon leads
+    # issue 13: through prometheus-client, with build info and process metrics
+    assert re.search(r'orchestrator_build_info\{python="3[.\d]+",version="[^"]+"\} 1\.0', metrics)
+    assert "process_resident_memory_bytes " in metrics
+    assert "process_open_fds " in metrics
+    assert "python_info{" in metrics
 
 
 async def test_one_active_upgrade_per_inventory_and_idempotency_keys(api: Api) -> None:
@@ -461,10 +467,10 @@ async def test_metrics_count_failed_health_checks_and_failed_steps(api: Api) -> 
         if line.startswith('orchestrator_health_check_failures_total{phase="roll"}')
     ]
     assert len(failures) == 1
-    assert int(failures[0].split()[-1]) >= 1
-    assert 'orchestrator_upgrades{state="rolled_back"} 1' in metrics
+    assert float(failures[0].split()[-1]) >= 1
+    assert 'orchestrator_upgrades{state="rolled_back"} 1.0' in metrics
     assert "# TYPE orchestrator_step_duration_seconds histogram" in metrics
-    assert 'orchestrator_hosts{state="pending"} 0' in metrics  # terminal: not counted
+    assert 'orchestrator_hosts{state="pending"} 0.0' in metrics  # terminal: not counted
 
 
 # --- events -------------------------------------------------------------------
