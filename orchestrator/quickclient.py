@@ -87,8 +87,10 @@ _BY_STATUS: dict[int, type[OrchestratorError]] = {
 
 def error_from_answer(status: int, body: bytes) -> OrchestratorError:
     try:
-        error = json.loads(body)["error"]
-        message = str(error["message"])
+        error = json.loads(body)
+        if "error" in error:  # a daemon from before RFC 9457 problem documents
+            error = error["error"]
+        message = str(error["detail"] if "detail" in error else error["message"])
         problems = [Problem(**p) for p in error.get("problems") or []]
     except (ValueError, KeyError, TypeError):
         message, problems = body.decode(errors="replace")[:500] or f"HTTP {status}", []

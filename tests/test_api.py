@@ -104,7 +104,7 @@ class Api:
             method, path, json=body, headers={**AUTH, **(headers or {})}
         )
         raw = await resp.read()
-        is_json = resp.content_type == "application/json"
+        is_json = resp.content_type in ("application/json", "application/problem+json")
         return resp.status, json.loads(raw) if is_json else raw.decode()
 
     async def ok(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
@@ -206,7 +206,7 @@ async def test_every_endpoint_but_healthz_needs_the_token(api: Api, method: str,
         body = await resp.json()
         assert resp.status == 401, (headers, body)
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
-        assert body["error"]["status"] == 401
+        assert body["status"] == 401
         assert TOKEN not in json.dumps(body)
     resp = await api.client.request(method, path, headers=AUTH)
     assert resp.status != 401
@@ -231,7 +231,7 @@ async def test_malformed_json_is_400_with_line_and_column(api: Api) -> None:
     )
     body = await resp.json()
     assert resp.status == 400
-    [problem] = body["error"]["problems"]
+    [problem] = body["problems"]
     assert (problem["file"], problem["line"], problem["column"]) == ("request body", 3, 3)
     assert problem["message"].startswith("not JSON")
 
@@ -253,7 +253,7 @@ async def test_body_errors_are_422_naming_the_field(
     status, body = await api.call("POST", "/v1/upgrades", submit_body(api.hosts, **changes))
 
     assert status == 422, body
-    problems = body["error"]["problems"]
+    problems = body["problems"]
     assert any(p["field"] == field and message in p["message"] for p in problems), problems
     assert (await api.ok("GET", "/v1/upgrades"))["upgrades"] == []
 
@@ -266,7 +266,7 @@ async def test_document_errors_name_file_line_and_field_from_both_documents(api:
     )
 
     assert status == 422
-    problems = {(p["file"], p["field"]): p for p in body["error"]["problems"]}
+    problems = {(p["file"], p["field"]): p for p in body["problems"]}
     inv = problems[("site/inventory.yaml", "roles.app.colour")]
     assert inv["line"] is not None and "colour" in inventory.splitlines()[inv["line"] - 1]
     pb = problems[("playbook.yaml", "phases[1].batch")]
@@ -279,7 +279,7 @@ async def test_yaml_syntax_error_and_unknown_shipped_playbook(api: Api) -> None:
     status, answer = await api.call("POST", "/v1/upgrades", body)
 
     assert status == 422
-    messages = {(p["file"], p["field"]): p["message"] for p in answer["error"]["problems"]}
+    messages = {(p["file"], p["field"]): p["message"] for p in answer["problems"]}
     assert "YAML syntax error" in messages[("site/inventory.yaml", None)]
     assert "did you mean 'nova'" in messages[("request body", "playbook_name")]
 
@@ -290,7 +290,7 @@ async def test_content_type_size_and_header_limits(api: Api) -> None:
     big = submit_body(api.hosts, inventory="#" * (300 * 1024))
     status, body = await api.call("POST", "/v1/upgrades", big)
     assert status == 413
-    assert body["error"]["status"] == 413
+    assert body["status"] == 413
     status, body = await api.call(
         "POST", "/v1/upgrades", submit_body(api.hosts), headers={"Idempotency-Key": "x" * 201}
     )
@@ -311,7 +311,17 @@ async def test_unknown_upgrade_is_404_everywhere(api: Api) -> None:
     ]:
         status, body = await api.call(method, path)
         assert status == 404, path
-        assert body["error"]["type"] == "NotFoundError"
+        # issue 13: RFC 9457 problem documents
+        assert body == {
+            "type": "urn:rolling-orchestrator:error:NotFoundError",
+            "title": "Not Found",
+            "status": 404,
+            "detail": "no upgrade 'u-none'",
+            "instance": path,
+            "problems": [],
+        }
+    resp = await api.client.get("/v1/upgrades/u-none", headers=AUTH)
+    assert resp.headers["Content-Type"] == "application/problem+json"
 
 
 # --- the life of an upgrade ---------------------------------------------------
@@ -370,7 +380,7 @@ async def test_submit_pause_resume_approve_point_of_no_return(api: Api) -> None:
 
     status, body = await api.call("POST", f"/v1/upgrades/{upgrade_id}/approve")
     assert status == 409
-    assert "nothing waits for approval" in body["error"]["message"]
+    assert "nothing waits for approval" in body["detail"]
 
     assert (await api.ok("POST", f"/v1/upgrades/{upgrade_id}/resume"))["state"] == "running"
     release(api.hosts)
@@ -382,8 +392,8 @@ async def test_submit_pause_resume_approve_point_of_no_return(api: Api) -> None:
     await poll(lambda: api.status(upgrade_id), lambda doc: doc["point_of_no_return_passed"])
     status, body = await api.call("POST", f"/v1/upgrades/{upgrade_id}/rollback")
     assert status == 409
-    assert "contract" in body["error"]["message"]
-    assert "point of no return" in body["error"]["message"]
+    assert "contract" in body["detail"]
+    assert "point of no return" in body["detail"]
 
     finish(api.hosts)
     doc = await api.wait_state(upgrade_id, "succeeded", "failed")
@@ -419,12 +429,12 @@ async def test_one_active_upgrade_per_inventory_and_idempotency_keys(api: Api) -
 
     status, body = await api.call("POST", "/v1/upgrades", submit_body(api.hosts))
     assert status == 409
-    assert first["id"] in body["error"]["message"]
+    assert first["id"] in body["detail"]
 
     other = submit_body(api.hosts, to_version="3.0")
     status, body = await api.call("POST", "/v1/upgrades", other, headers=key)
     assert status == 409
-    assert "Idempotency-Key" in body["error"]["message"]
+    assert "Idempotency-Key" in body["detail"]
     assert len((await api.ok("GET", "/v1/upgrades"))["upgrades"]) == 1
 
 
@@ -446,7 +456,7 @@ async def test_rollback_before_the_point_of_no_return_restores_every_host(api: A
         assert not (directory / "pin").exists()
     status, body = await api.call("POST", f"/v1/upgrades/{upgrade_id}/rollback")
     assert status == 409
-    assert "rolled_back" in body["error"]["message"]
+    assert "rolled_back" in body["detail"]
 
 
 async def test_metrics_count_failed_health_checks_and_failed_steps(api: Api) -> None:
@@ -525,7 +535,7 @@ async def test_events_stream_to_the_end_and_resume_after_last_event_id(api: Api)
         "GET", f"/v1/upgrades/{upgrade_id}/events", headers={"Last-Event-ID": "seven"}
     )
     assert status == 400
-    assert "Last-Event-ID" in body["error"]["message"]
+    assert "Last-Event-ID" in body["detail"]
 
 
 # --- secrets -------------------------------------------------------------------

@@ -150,7 +150,11 @@ class Daemon:
             session.request(method, self.url + path, json=body, headers=all_headers) as resp,
         ):
             raw = await resp.read()
-            data = json.loads(raw) if resp.content_type == "application/json" else raw.decode()
+            data = (
+                json.loads(raw)
+                if resp.content_type in ("application/json", "application/problem+json")
+                else raw.decode()
+            )
             return resp.status, data
 
     async def status(self, upgrade_id: str) -> dict[str, Any]:
@@ -279,7 +283,7 @@ async def test_rollback_and_the_409s(daemon: Daemon, hosts: SSHHosts, files: lis
     assert f"is held by upgrade {upgrade_id}: one upgrade at a time per host" in err
     status, body = await daemon.http("POST", "/v1/upgrades/" + upgrade_id + "/approve")
     assert status == 409
-    assert "nothing waits for approval" in body["error"]["message"]
+    assert "nothing waits for approval" in body["detail"]
 
     code, out, _ = await daemon.cli("rollback", upgrade_id)
     assert code == 0
@@ -301,7 +305,7 @@ async def test_rollback_and_the_409s(daemon: Daemon, hosts: SSHHosts, files: lis
     assert "point of no return" in err
     status, body = await daemon.http("POST", f"/v1/upgrades/{second}/rollback")
     assert status == 409
-    assert "contract" in body["error"]["message"]
+    assert "contract" in body["detail"]
     finish(hosts)
     assert (await daemon.wait_state(second, "succeeded", "failed"))["state"] == "succeeded"
 
@@ -421,7 +425,7 @@ async def test_first_sigterm_lets_running_steps_finish_second_cancels(
         lambda: daemon.http("GET", "/healthz", token=False), lambda r: r[1]["status"] == "stopping"
     )
     status, body = await daemon.http("POST", "/v1/upgrades", {"inventory": "x"})
-    assert (status, body["error"]["message"]) == (503, "the daemon is shutting down")
+    assert (status, body["detail"]) == (503, "the daemon is shutting down")
     assert daemon.proc is not None and daemon.proc.returncode is None
     release(hosts, "host-1")
     assert await daemon.wait() == 0

@@ -48,7 +48,7 @@ def validate(method: str, template: str, status: int, content_type: str, raw: by
     assert str(status) in responses, f"{method} {template} answered {status}: not documented"
     content = responses[str(status)]["content"]
     assert content_type in content, f"{method} {template} {status}: {content_type} not documented"
-    if content_type != "application/json":
+    if content_type not in ("application/json", "application/problem+json"):
         return
     schema = {**content[content_type]["schema"], "components": SPEC["components"]}
     validator = jsonschema_rs.Draft202012Validator(schema)
@@ -85,7 +85,10 @@ class Checked:
             data = await resp.read()
         validate(method, template, resp.status, resp.content_type, data)
         self.seen.add((method, template, resp.status))
-        return resp.status, json.loads(data) if resp.content_type == "application/json" else data
+        return resp.status, json.loads(data) if resp.content_type in (
+            "application/json",
+            "application/problem+json",
+        ) else data
 
 
 async def test_real_responses_validate_against_the_document(

@@ -10,9 +10,11 @@ when it is cleaned up.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 import structlog
@@ -36,32 +38,61 @@ PUBLIC = frozenset({"/healthz"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+PROBLEM_TYPE = "urn:rolling-orchestrator:error:"
+PROBLEM_JSON = "application/problem+json"
+
+
 def error_response(
-    status: int, kind: str, message: str, problems: list[dict[str, Any]] | None = None
+    status: int,
+    kind: str,
+    message: str,
+    problems: list[dict[str, Any]] | None = None,
+    *,
+    instance: str | None = None,
 ) -> web.Response:
-    error = {"status": status, "type": kind, "message": message, "problems": problems or []}
-    body = {"error": error}
-    return handlers.json_response(body, status=status)
+    """An RFC 9457 problem document: `type` names the error class, `detail`
+    says what happened, `problems` (an extension) locates bad input."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = kind
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE + kind,
+        "title": title,
+        "status": status,
+        "detail": message,
+        "problems": problems or [],
+    }
+    if instance is not None:
+        body["instance"] = instance
+    return web.Response(
+        body=json.dumps(body, separators=(",", ":")).encode(),
+        status=status,
+        content_type=PROBLEM_JSON,
+    )
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as JSON `{"error": {status, type, message, problems}}`."""
+    """Every error leaves as `application/problem+json` (RFC 9457)."""
     try:
         return await handler(request)
     except OrchestratorError as exc:
         problems = [p.to_dict() for p in getattr(exc, "problems", ())]
         if exc.http_status >= 500:
             log.error("request failed", method=request.method, path=request.path, error=str(exc))
-        return error_response(exc.http_status, type(exc).__name__, str(exc), problems)
+        kind = type(exc).__name__
+        return error_response(exc.http_status, kind, str(exc), problems, instance=request.path)
     except web.HTTPException as exc:
         if isinstance(exc, web.HTTPTemporaryRedirect):  # a standby's 307 to the leader
-            response = error_response(exc.status, "Redirect", f"the leader is at {exc.location}")
+            response = error_response(
+                exc.status, "Redirect", f"the leader is at {exc.location}", instance=request.path
+            )
             response.headers["Location"] = str(exc.location)
             return response
         if exc.status < 400:
             raise
-        response = error_response(exc.status, "HTTPError", exc.reason)
+        response = error_response(exc.status, "HTTPError", exc.reason, instance=request.path)
         for header in ("Allow", "WWW-Authenticate"):
             if header in exc.headers:
                 response.headers[header] = exc.headers[header]
@@ -70,7 +101,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception:
         log.exception("request crashed", method=request.method, path=request.path)
-        return error_response(500, "InternalError", "internal error; the daemon log has details")
+        return error_response(
+            500,
+            "InternalError",
+            "internal error; the daemon log has details",
+            instance=request.path,
+        )
 
 
 # documents parsed at once in worker threads: a burst of submits must not

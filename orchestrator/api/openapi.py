@@ -52,18 +52,23 @@ SCHEMAS: dict[str, Any] = {
             "message": STR,
         }
     ),
-    "Error": _obj(
-        {
-            "error": _obj(
-                {
-                    "status": INT,
-                    "type": STR,
-                    "message": STR,
-                    "problems": {"type": "array", "items": _ref("Problem")},
-                }
-            )
-        }
-    ),
+    "Error": {
+        **_obj(
+            {
+                "type": {
+                    "type": "string",
+                    "description": "urn:rolling-orchestrator:error:<class>, e.g. ...:ConflictError",
+                },
+                "title": STR,
+                "status": INT,
+                "detail": STR,
+                "instance": {"type": "string", "description": "the request's path"},
+                "problems": {"type": "array", "items": _ref("Problem")},
+            },
+            required=["type", "title", "status", "detail", "problems"],
+        ),
+        "description": "an RFC 9457 problem document (application/problem+json)",
+    },
     "SubmitRequest": {
         "type": "object",
         "description": "Give the playbook as YAML text (`playbook`) or by the name of a "
@@ -291,7 +296,10 @@ SCHEMAS: dict[str, Any] = {
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref("Error")}},
+    }
 
 
 def _json(description: str, schema: str) -> dict[str, Any]:
@@ -495,7 +503,7 @@ STANDBY = {
     "description": "this daemon is a standby on a shared store: send the same request "
     "(method, body, token) to the leader named in Location",
     "headers": {"Location": {"schema": STR, "description": "the same path on the leader"}},
-    "content": {"application/json": {"schema": _ref("Error")}},
+    "content": {"application/problem+json": {"schema": _ref("Error")}},
 }
 NO_LEADER = _error(
     "a standby while no daemon holds the leader lease (or this one is shutting down); retry"
