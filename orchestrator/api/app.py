@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from orchestrator.access import Tokens, required_role
-from orchestrator.api import handlers, keys, sse
+from orchestrator.api import handlers, keys, page, sse
 from orchestrator.api.endpoint import ACTIONS, HOST_ACTIONS
 from orchestrator.api.limits import StreamSlots
 from orchestrator.api.metrics import Metrics
@@ -34,7 +34,7 @@ from orchestrator.store.role import Role, SoleDaemon
 log = structlog.get_logger("orchestrator.api")
 
 MAX_BODY = 8 * 1024 * 1024
-PUBLIC = frozenset({"/healthz"})
+PUBLIC = frozenset({"/healthz", "/"})  # and /static/: the page asks for a token itself
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -117,7 +117,7 @@ PARSE_CONCURRENCY = max(1, min(4, (os.cpu_count() or 1) // 2))
 def auth_middleware(tokens: Tokens) -> Any:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in PUBLIC:
+        if request.path not in PUBLIC and not request.path.startswith("/static/"):
             header = request.headers.get("Authorization", "")
             scheme, _, given = header.partition(" ")
             # header bytes that are not UTF-8 arrive as surrogates: hashed as given
@@ -208,6 +208,8 @@ def make_app(
     app[keys.STATUS_CACHE] = {}
     app.cleanup_ctx.append(_manager_lifecycle)
     app.on_shutdown.append(_stop_streams)
+    app.router.add_get("/", page.index)
+    app.router.add_get("/static/{name}", page.static)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/v1/openapi.json", handlers.openapi)

@@ -360,6 +360,33 @@ def _host_control(action: str, what: str) -> dict[str, Any]:
 
 
 PATHS: dict[str, Any] = {
+    "/": {
+        "get": {
+            "operationId": "page",
+            "summary": "the status page (HTML); it asks for a token itself, kept in the tab",
+            "security": [],
+            "responses": {
+                "200": {"description": "the page", "content": {"text/html": {"schema": STR}}}
+            },
+        }
+    },
+    "/static/{name}": {
+        "get": {
+            "operationId": "static",
+            "summary": "the page's script and style sheet",
+            "security": [],
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": STR},
+            ],
+            "responses": {
+                "200": {
+                    "description": "the file",
+                    "content": {"text/javascript": {"schema": STR}, "text/css": {"schema": STR}},
+                },
+                "404": _error("no such file"),
+            },
+        }
+    },
     "/healthz": {
         "get": {
             "operationId": "health",
