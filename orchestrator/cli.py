@@ -18,6 +18,7 @@ from orchestrator.api.endpoint import (
     DEFAULT_LISTEN,
     FILE_NAME_PATTERN,
     HOST_ACTIONS,
+    JOURNAL_FILE,
     default_state_dir,
 )
 from orchestrator.errors import InputError, OrchestratorError, Problem, UsageError
@@ -284,7 +285,29 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         out.write(model.to_json(plan) + "\n")
     else:
         out.write(render_tree(plan))
+        out.write(estimate_line(plan) + "\n")
     return EXIT_OK
+
+
+def estimate_line(plan: model.Plan) -> str:
+    """The critical path's length, from this user's daemon journal, if it has
+    earlier successful upgrades of the same playbook."""
+    from orchestrator.engine.eta import critical_path, from_journal  # noqa: PLC0415
+    from orchestrator.render import duration  # noqa: PLC0415
+
+    journal = default_state_dir() / JOURNAL_FILE
+    past = from_journal(journal, plan.name)
+    left = critical_path(plan, past) if past.upgrades else None
+    if left is None:
+        return (
+            f"estimate: none yet (no earlier successful upgrade of playbook {plan.name} "
+            f"covering every phase in {journal})"
+        )
+    runs = f"{past.upgrades} earlier upgrade" + ("s" if past.upgrades != 1 else "")
+    return (
+        f"estimate: about {duration(left)} along the critical path "
+        f"(from {runs} of {plan.name} in {journal}; approval waits not counted)"
+    )
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:

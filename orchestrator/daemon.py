@@ -30,7 +30,7 @@ from aiohttp import web
 from orchestrator import sdnotify, statedir
 from orchestrator.api import keys
 from orchestrator.api.app import AccessLogger, make_app
-from orchestrator.api.endpoint import ADDRESS_FILE, DEFAULT_LISTEN, TOKEN_FILE
+from orchestrator.api.endpoint import ADDRESS_FILE, DEFAULT_LISTEN, JOURNAL_FILE, TOKEN_FILE
 from orchestrator.api.limits import Guard
 from orchestrator.api.metrics import Metrics
 from orchestrator.daemonconfig import load_config
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("orchestrator.daemon")
 
-JOURNAL_FILE = "journal.sqlite3"
 SHUTDOWN_GRACE = 5.0  # seconds open requests (event streams) get once the app stops
 BACKLOG = 128  # aiohttp's own default for the sockets it binds
 STORE_SCHEMES = ("postgresql://", "postgres://")

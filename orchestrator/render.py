@@ -143,6 +143,9 @@ def render_status(
     title = Text(header(doc) + "  ")
     title.append(state, style=f"bold {style}")
     title.append(f"  {duration(elapsed(doc, now))}")
+    eta = doc.get("eta_s")
+    if eta is not None and not doc.get("terminal"):
+        title.append(f", about {duration(eta)} left")
     lines: list[RenderableType] = [title]
     if doc.get("reason"):
         lines.append(Text(f"  {doc['reason']}"))

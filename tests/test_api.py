@@ -398,6 +398,10 @@ async def test_submit_pause_resume_approve_point_of_no_return(api: Api) -> None:
     finish(api.hosts)
     doc = await api.wait_state(upgrade_id, "succeeded", "failed")
     assert doc["state"] == "succeeded"
+    assert (doc["eta_s"], doc["progress"]["fraction"]) == (0.0, 1.0)
+    # the next upgrade of this playbook has an estimate: this one's host times
+    past = api.manager.history("lab")
+    assert past.upgrades == 1 and set(past.per_host) == {"pin", "roll", "contract", "finish"}
     assert doc["terminal"] is True
     for name in api.hosts.names:
         assert (api.hosts.host_dir(name) / "version").read_text().strip() == "2.0"

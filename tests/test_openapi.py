@@ -99,6 +99,10 @@ async def test_real_responses_validate_against_the_document(
         call = Checked(api)
         one = "/v1/upgrades/{id}"
         assert (await call("GET", "/healthz"))[0] == 200
+        assert (await call("GET", "/"))[0] == 200
+        assert (await call("GET", "/static/{name}", name="app.js"))[0] == 200
+        assert (await call("GET", "/static/{name}", name="style.css"))[0] == 200
+        assert (await call("GET", "/static/{name}", name="..%2Fpage.py"))[0] == 404
         assert (await call("GET", "/metrics"))[0] == 200
         assert (await call("GET", "/v1/openapi.json"))[0] == 200
         assert (await call("GET", "/v1/upgrades"))[0] == 200

@@ -9,6 +9,7 @@ from pathlib import Path
 
 DEFAULT_LISTEN = "127.0.0.1:8750"
 TOKEN_FILE = "token"
+JOURNAL_FILE = "journal.sqlite3"  # the SQLite journal (without --store)
 ADDRESS_FILE = "daemon.json"  # {"url": ..., "pid": ...}, written once the daemon listens
 
 # the control actions, here (not in openapi.py) so the CLI can name them

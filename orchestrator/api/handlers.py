@@ -155,7 +155,8 @@ async def get_upgrade(request: web.Request) -> web.Response:
     stalled = up.engine.stalled if up.engine is not None else None
     cached = cache.get(up.id)
     if cached is None or cached[0] != (up.view.last_seq, stalled):
-        doc = status_document(up.id, up.plan, up.view, up.digest)
+        past = request.app[keys.MANAGER].history(up.plan.name)
+        doc = status_document(up.id, up.plan, up.view, up.digest, past)
         doc["stalled"] = stalled  # not journaled: the journal is what fails
         key = (up.view.last_seq, stalled)
         cached = (key, json.dumps(doc, separators=(",", ":")).encode())

@@ -220,8 +220,17 @@ SCHEMAS: dict[str, Any] = {
                     "steps_total": INT,
                     "steps_done": INT,
                     "hosts_by_state": _counts(),
+                    "fraction": {
+                        "type": "number",
+                        "description": "steps done / steps in the plan, 0 to 1",
+                    },
                 }
             ),
+            "eta_s": {
+                **_nullable("number"),
+                "description": "seconds left along the critical path, from the playbook's "
+                "earlier upgrades (approval waits not counted); null: no history yet",
+            },
             "next": {"type": "string", "description": "what happens next, in words"},
             "hosts": {
                 **_obj({"total": INT, "through": INT, "by_state": _counts()}),

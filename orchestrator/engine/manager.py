@@ -27,6 +27,7 @@ import structlog
 from orchestrator import model
 from orchestrator.actions.drain import tcp_runtime_api
 from orchestrator.actions.health import Checker
+from orchestrator.engine.eta import History, history
 from orchestrator.engine.preflight import Earlier, done_by_earlier, nothing_to_do
 from orchestrator.engine.runner import Engine
 from orchestrator.engine.states import UpgradeState
@@ -277,6 +278,10 @@ class UpgradeManager:
             for up in self.upgrades.values()
             if up.engine is not None and up.engine.stalled is not None
         }
+
+    def history(self, playbook: str) -> History:
+        """How long hosts took per phase in the playbook's earlier upgrades."""
+        return history(((up.plan, up.view) for up in self.upgrades.values()), playbook)
 
     def get(self, upgrade_id: str) -> Upgrade:
         up = self.upgrades.get(upgrade_id)

@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 from orchestrator import model
+from orchestrator.engine.eta import History, critical_path
 from orchestrator.engine.states import HostState, PhaseState, StepState, UpgradeState
 from orchestrator.engine.view import HostView, UpgradeView
 
@@ -75,6 +76,15 @@ def next_action(plan: model.Plan, view: UpgradeView) -> str:
     return "finishing"
 
 
+def _eta(plan: model.Plan, view: UpgradeView, past: History | None) -> float | None:
+    if view.state.terminal:
+        return 0.0
+    if past is None:
+        return None
+    left = critical_path(plan, past, view)
+    return None if left is None else round(left, 1)
+
+
 def first_failure(plan: model.Plan, view: UpgradeView) -> dict[str, Any] | None:
     """The first thing that went wrong, kept to the end (None: nothing did)."""
     failure = view.first_failure
@@ -130,8 +140,13 @@ def distinct_hosts(plan: model.Plan, view: UpgradeView) -> dict[str, Any]:
 
 
 def status_document(
-    upgrade_id: str, plan: model.Plan, view: UpgradeView, digest: str
+    upgrade_id: str,
+    plan: model.Plan,
+    view: UpgradeView,
+    digest: str,
+    past: History | None = None,
 ) -> dict[str, Any]:
+    """`past`: earlier upgrades of the playbook, for `eta_s` (None: no estimate)."""
     phases = []
     hosts_by_state: Counter[str] = Counter()
     steps_total = steps_done = 0
@@ -200,7 +215,9 @@ def status_document(
             "steps_total": steps_total,
             "steps_done": steps_done,
             "hosts_by_state": dict(hosts_by_state),
+            "fraction": round(steps_done / steps_total, 4) if steps_total else 0.0,
         },
+        "eta_s": _eta(plan, view, past),
         "next": next_action(plan, view),
         "hosts": distinct_hosts(plan, view),
         "first_failure": first_failure(plan, view),
