@@ -215,6 +215,11 @@ def _busy_hosts(doc: Mapping[str, Any], now: float | None) -> list[str]:
                     (s for s in host["steps"] if s["state"] in ("running", "undoing")), None
                 )
                 doing = f" {step['name']}" if step else ""
+                if (health := host.get("health")) is not None:
+                    doing = (
+                        f" {health['passes']}/{health['needed']} passes, "
+                        f"{duration(health['elapsed_s'])} of {duration(health['deadline_s'])}"
+                    )
                 since = host.get("started_at")
                 took = f"  {duration(clock - since)}" if since else ""
                 icon = ICONS.get(host["state"], "?")

@@ -463,6 +463,43 @@ async def test_rollback_before_the_point_of_no_return_restores_every_host(api: A
     assert "rolled_back" in body["detail"]
 
 
+async def test_the_status_shows_where_a_health_check_stands(api: Api) -> None:
+    """Issue 13: while a host was being checked the screen did not change."""
+    inventory = yaml.safe_load(inventory_text(api.hosts))
+    inventory["roles"]["app"]["health"] = [{"run": "test ! -f sick"}]
+    inventory["roles"]["app"]["health_policy"] = {"passes": 3, "interval": "50ms", "deadline": 60}
+    sick = api.hosts.host_dir("host-1") / "sick"
+    sick.touch()
+    release(api.hosts)
+    upgrade_id = await api.submit(inventory=yaml.safe_dump(inventory))
+
+    def health(doc: dict[str, Any]) -> dict[str, Any] | None:
+        for phase in doc["phases"]:
+            for batch in phase["batches"]:
+                for host in batch["hosts"]:
+                    if phase["name"] == "roll" and host["host"] == "host-1":
+                        found: dict[str, Any] | None = host["health"]
+                        return found
+        return None
+
+    doc = await poll(lambda: api.status(upgrade_id), lambda d: health(d) is not None)
+    first = health(doc)
+    assert first is not None
+    assert (first["passes"], first["needed"], first["deadline_s"]) == (0, 3, 60.0)
+    assert "exited 1" in first["last"]
+    # it ticks without a journal event: rounds go on while the host is sick
+    later = await poll(
+        lambda: api.status(upgrade_id),
+        lambda d: (h := health(d)) is not None and h["elapsed_s"] > first["elapsed_s"],
+    )
+    assert later["last_event"] == doc["last_event"]
+    sick.unlink()
+    finish(api.hosts)
+    doc = await api.wait_state(upgrade_id, "waiting_approval", "rolled_back")
+    assert doc["state"] == "waiting_approval"
+    assert health(doc) is None  # done: no check under way
+
+
 async def test_metrics_count_failed_health_checks_and_failed_steps(api: Api) -> None:
     inventory = yaml.safe_load(inventory_text(api.hosts))
     inventory["roles"]["app"]["health"] = [{"run": "test ! -f sick"}]

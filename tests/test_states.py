@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator import events, model
 from orchestrator.actions.drain import Drainer
-from orchestrator.actions.health import Checker
+from orchestrator.actions.health import Checker, HealthProgress
 from orchestrator.actions.remote import Remote
 from orchestrator.engine.host import HostEngine, HostRunner
 from orchestrator.engine.states import (
@@ -80,6 +80,8 @@ class FakeEngine:
         self.secrets = SecretStore((), {})
         self.sleep: Callable[[float], Awaitable[None]] = _no_sleep
         self.recorded: list[events.JournalEvent] = []
+        self.live_health: dict[tuple[str, str], HealthProgress] = {}
+        self.live_changes = 0
 
     async def record(self, event: events.JournalEvent) -> None:
         self.recorded.append(event)

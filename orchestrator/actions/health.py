@@ -38,6 +38,27 @@ def json_path(document: Any, path: str | None) -> Any:
     return current
 
 
+@dataclass(frozen=True, slots=True)
+class HealthProgress:
+    """Where a host's health check stands: `passes` of `needed` in a row,
+    `elapsed` of `deadline` seconds, and what the last round said."""
+
+    passes: int
+    needed: int
+    elapsed: float
+    deadline: float
+    last: str
+
+    def to_data(self) -> dict[str, object]:
+        return {
+            "passes": self.passes,
+            "needed": self.needed,
+            "elapsed_s": round(self.elapsed, 1),
+            "deadline_s": self.deadline,
+            "last": self.last[:500],
+        }
+
+
 class Checker:
     """Runs checks for one engine; holds the HTTP session."""
 
@@ -127,17 +148,24 @@ class Checker:
         target: str,
         sleep: Callable[[float], Awaitable[None]],
         on_result: Callable[[CheckResult], Awaitable[None]] | None = None,
+        on_progress: Callable[[HealthProgress], None] | None = None,
     ) -> CheckResult:
         """Pass `passes` consecutive rounds (every check, then the version)
-        before the deadline, or fail with the last reason."""
+        before the deadline, or fail with the last reason. `on_progress` hears
+        after every round how far it is (for the live view; not journaled)."""
         passes = health.passes if health else 1
         interval = health.interval if health else 1.0
-        deadline = time.monotonic() + (health.deadline if health else 60.0)
+        allowed = health.deadline if health else 60.0
+        started = time.monotonic()
+        deadline = started + allowed
         streak = 0
         last = CheckResult(False, "not checked")
         while True:
             last = await self._round(host, health, version, target)
             streak = streak + 1 if last.ok else 0
+            if on_progress is not None:
+                took = time.monotonic() - started
+                on_progress(HealthProgress(streak, passes, took, allowed, last.detail))
             if on_result is not None and not last.ok:
                 await on_result(last)
             if streak >= passes:

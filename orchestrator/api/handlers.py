@@ -154,11 +154,13 @@ async def get_upgrade(request: web.Request) -> web.Response:
     cache = request.app[keys.STATUS_CACHE]
     stalled = up.engine.stalled if up.engine is not None else None
     cached = cache.get(up.id)
-    if cached is None or cached[0] != (up.view.last_seq, stalled):
+    changes = up.engine.live_changes if up.engine is not None else 0
+    key = (up.view.last_seq, stalled, changes)
+    if cached is None or cached[0] != key:
         past = request.app[keys.MANAGER].history(up.plan.name)
-        doc = status_document(up.id, up.plan, up.view, up.digest, past)
+        health = up.engine.live_health if up.engine is not None else None
+        doc = status_document(up.id, up.plan, up.view, up.digest, past=past, health=health)
         doc["stalled"] = stalled  # not journaled: the journal is what fails
-        key = (up.view.last_seq, stalled)
         cached = (key, json.dumps(doc, separators=(",", ":")).encode())
         cache[up.id] = cached
     return web.Response(body=cached[1], content_type="application/json")

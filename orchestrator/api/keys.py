@@ -19,8 +19,8 @@ STOPPING = web.AppKey("stopping", asyncio.Event)
 SUBMIT_LOCK = web.AppKey("submit_lock", asyncio.Lock)
 # submitted documents parsing in worker threads at once; the rest wait their turn
 PARSE_SLOTS = web.AppKey("parse_slots", asyncio.Semaphore)
-# upgrade id -> ((last journal seq, stall reason), the status document as JSON)
-STATUS_CACHE = web.AppKey("status_cache", dict[str, tuple[tuple[int, str | None], bytes]])
+# upgrade id -> ((last journal seq, stall reason, live changes), the status document as JSON)
+STATUS_CACHE = web.AppKey("status_cache", dict[str, tuple[tuple[int, str | None, int], bytes]])
 # request key: the name of the token that authenticated the request (one
 # static token today, named "default"; journaled with every control action)
 WHO = web.RequestKey("who", str)

@@ -169,6 +169,22 @@ SCHEMAS: dict[str, Any] = {
             "error": _nullable("string"),
             "started_at": TIME,
             "finished_at": TIME,
+            "health": {
+                "oneOf": [
+                    {"type": "null"},
+                    _obj(
+                        {
+                            "passes": INT,
+                            "needed": INT,
+                            "elapsed_s": {"type": "number"},
+                            "deadline_s": {"type": "number"},
+                            "last": STR,
+                        }
+                    ),
+                ],
+                "description": "while its health check runs: consecutive passes so far of "
+                "those needed, seconds spent of the deadline, the last round's result",
+            },
             "steps": {"type": "array", "items": _ref("Step")},
         }
     ),

@@ -18,7 +18,7 @@ import structlog
 from orchestrator import events, model
 from orchestrator.actions.config import apply_config, read_previous
 from orchestrator.actions.drain import Drainer
-from orchestrator.actions.health import Checker
+from orchestrator.actions.health import Checker, HealthProgress
 from orchestrator.actions.remote import Remote
 from orchestrator.actions.run import RunOutcome, run_action
 from orchestrator.engine.states import (
@@ -55,6 +55,9 @@ class HostEngine(Protocol):
     checker: Checker
     secrets: SecretStore
     sleep: Callable[[float], Awaitable[None]]
+    # not journaled: where each host's health check stands, for the live view
+    live_health: dict[tuple[str, str], HealthProgress]
+    live_changes: int
 
     async def record(self, event: events.JournalEvent) -> None: ...
 
@@ -193,14 +196,25 @@ class HostRunner:
         async def report(result: object) -> None:
             engine.metrics_health_failure(self.phase.name, self.name)
 
-        result = await engine.checker.until_healthy(
-            self.name,
-            self.plan.health,
-            version=self.plan.version,
-            target=engine.plan.to_version,
-            sleep=engine.sleep,
-            on_result=report,
-        )
+        key = (self.phase.name, self.name)
+
+        def progress(now: HealthProgress) -> None:
+            engine.live_health[key] = now
+            engine.live_changes += 1
+
+        try:
+            result = await engine.checker.until_healthy(
+                self.name,
+                self.plan.health,
+                version=self.plan.version,
+                target=engine.plan.to_version,
+                sleep=engine.sleep,
+                on_result=report,
+                on_progress=progress,
+            )
+        finally:
+            engine.live_health.pop(key, None)
+            engine.live_changes += 1
         await engine.record(
             events.Health(phase=self.phase.name, host=self.name, ok=result.ok, detail=result.detail)
         )

@@ -17,7 +17,7 @@ import structlog
 
 from orchestrator import events, model
 from orchestrator.actions.drain import Drainer, RuntimeAPI
-from orchestrator.actions.health import Checker
+from orchestrator.actions.health import Checker, HealthProgress
 from orchestrator.actions.remote import Remote, RunRecords
 from orchestrator.engine.host import HostRunner
 from orchestrator.engine.preflight import nothing_left, probe_hosts
@@ -96,6 +96,8 @@ class Engine:
         self.stalled: str | None = None
         self._unstall = asyncio.Event()
         self.step_seconds: list[tuple[str, float]] = []
+        self.live_health: dict[tuple[str, str], HealthProgress] = {}
+        self.live_changes = 0  # a status document built before a change is stale
         self.health_failures = 0
 
     # --- journal and state ---------------------------------------------------

@@ -8,9 +8,11 @@ timestamps, last output lines and error; progress counts; what comes next.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from orchestrator import model
+from orchestrator.actions.health import HealthProgress
 from orchestrator.engine.eta import History, critical_path
 from orchestrator.engine.states import HostState, PhaseState, StepState, UpgradeState
 from orchestrator.engine.view import HostView, UpgradeView
@@ -18,7 +20,9 @@ from orchestrator.engine.view import HostView, UpgradeView
 FINISHED_HOST = {HostState.DONE, HostState.SKIPPED, HostState.FAILED, HostState.ROLLED_BACK}
 
 
-def _host(hp: model.HostPlan, view: HostView | None, live: bool) -> dict[str, Any]:
+def _host(
+    hp: model.HostPlan, view: HostView | None, live: bool, health: HealthProgress | None
+) -> dict[str, Any]:
     steps = []
     for step in hp.steps:
         sv = view.steps.get(step.id) if view else None
@@ -46,6 +50,7 @@ def _host(hp: model.HostPlan, view: HostView | None, live: bool) -> dict[str, An
         "error": view.error if view else None,
         "started_at": view.started_at if view else None,
         "finished_at": view.finished_at if view else None,
+        "health": health.to_data() if health is not None else None,
         "steps": steps,
     }
 
@@ -144,9 +149,13 @@ def status_document(
     plan: model.Plan,
     view: UpgradeView,
     digest: str,
+    *,
     past: History | None = None,
+    health: Mapping[tuple[str, str], HealthProgress] | None = None,
 ) -> dict[str, Any]:
-    """`past`: earlier upgrades of the playbook, for `eta_s` (None: no estimate)."""
+    """`past`: earlier upgrades of the playbook, for `eta_s` (None: no estimate);
+    `health`: (phase, host) -> where its health check stands (the engine's)."""
+    checking = health or {}
     phases = []
     hosts_by_state: Counter[str] = Counter()
     steps_total = steps_done = 0
@@ -156,7 +165,15 @@ def status_document(
         per_batch: list[list[dict[str, Any]]] = []
         for batch in phase.batches:
             live = pv is not None and pv.state in (PhaseState.RUNNING, PhaseState.DONE)
-            hosts = [_host(hp, pv.hosts.get(hp.host) if pv else None, live) for hp in batch.hosts]
+            hosts = [
+                _host(
+                    hp,
+                    pv.hosts.get(hp.host) if pv else None,
+                    live,
+                    checking.get((phase.name, hp.host)),
+                )
+                for hp in batch.hosts
+            ]
             for h in hosts:
                 hosts_by_state[h["state"]] += 1
                 steps_total += len(h["steps"])
