@@ -1,0 +1,126 @@
+"""The live view as an operator sees it: `orchestrator demo` in a real
+terminal (tmux, on a server socket of the test's own), screens captured while
+it runs and at its end, key lines asserted with the times masked.
+
+    ORCHESTRATOR_SCREENS=DIR pytest tests/test_watch_screens.py   # keeps the screens
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.servers import missing_parts
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+TIME = re.compile(r"\b\d+ (?:h \d+ min|min \d+ s|s)\b")
+
+
+def masked(screen: str) -> str:
+    return TIME.sub("<t>", screen)
+
+
+class Terminal:
+    """One tmux session, 150 x 60, running one command until it ends."""
+
+    def __init__(self, tmux: str, socket: str) -> None:
+        self.tmux, self.socket = tmux, socket
+
+    def run(self, *argv: str) -> str:
+        done = subprocess.run(
+            [self.tmux, "-L", self.socket, *argv], capture_output=True, text=True, check=False
+        )
+        return done.stdout
+
+    def start(self, command: str) -> None:
+        self.run("new-session", "-d", "-s", "t", "-x", "150", "-y", "60", command)
+        self.run("set-option", "-t", "t", "remain-on-exit", "on")
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "t")
+
+    def ended(self) -> bool:
+        return self.run("display-message", "-p", "-t", "t", "#{pane_dead}").strip() == "1"
+
+    async def until(self, check: str | re.Pattern[str], timeout: float = 240) -> str:
+        async with asyncio.timeout(timeout):
+            while True:
+                screen = self.screen()
+                if re.search(check, screen) if isinstance(check, re.Pattern) else check in screen:
+                    return screen
+                await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+def terminal() -> Iterator[Terminal]:
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        missing_parts("the screen tests need tmux; install with: sudo apt-get install -y tmux")
+    socket = f"orchestrator-test-{os.getpid()}"
+    term = Terminal(tmux, socket)
+    try:
+        yield term
+    finally:
+        term.run("kill-server")
+
+
+def keep(name: str, screen: str) -> None:
+    where = os.environ.get("ORCHESTRATOR_SCREENS")
+    if where:
+        Path(where).mkdir(parents=True, exist_ok=True)
+        (Path(where) / f"{name}.txt").write_text(screen)
+
+
+def demo(*options: str) -> str:
+    state = tempfile.mkdtemp(prefix="screens-")
+    env = (
+        f"env -u ORCHESTRATOR_STATE_DIR ORCHESTRATOR_STATE_DIR={state} "
+        "TERM=xterm-256color COLUMNS=150 LINES=60"
+    )
+    return f"cd {REPO} && {env} {sys.executable} -m orchestrator demo {' '.join(options)}"
+
+
+@pytest.mark.timeout(400)
+async def test_a_healthy_run_ends_with_its_verdict(terminal: Terminal) -> None:
+    terminal.start(demo())
+    running = await terminal.until(re.compile(r"hosts at work:\n.*upgrade-\w+ \S+ \w+"))
+    keep("healthy-running", running)
+    assert re.search(r"running  <t>", masked(running)), running
+    end = await terminal.until(re.compile(r"succeeded in \d+ (?:s|min)"))
+    keep("healthy-end", end)
+    screen = masked(end)
+    assert re.search(r"upgrade u\S+ succeeded in <t>, 7/7 hosts at 2\.0", screen), end
+    assert "hosts 7/7 through every phase (done 7)" in screen, end
+    assert "contract-db (point of no return)" in screen
+    assert "first failure" not in screen
+
+
+@pytest.mark.timeout(400)
+async def test_a_failed_host_stays_the_cause_on_screen(terminal: Terminal) -> None:
+    terminal.start(demo("--fail-host", "cmp-2"))
+    # while cmp-2 is checked, the screen says how far its health check is
+    checking = await terminal.until(
+        re.compile(r"♥ upgrade-computes cmp-2 checking \d+/\d+ passes, \d+ s of \d+ s")
+    )
+    keep("failing-checking", checking)
+    end = await terminal.until(re.compile(r"rolled back after \d+"))
+    keep("failing-end", end)
+    screen = masked(end)
+    assert "first failure: cmp-2 failed its health check:" in screen, end
+    assert "where: phase upgrade-computes host cmp-2" in screen, end
+    assert re.search(
+        r"upgrade u\S+ rolled back after <t>: cmp-2 failed its health check: ", screen
+    ), end
+    # the rollback's own words are there too, but the cause is not lost to them
+    assert screen.index("first failure") < screen.index("rolled back after")
