@@ -8,28 +8,36 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-async def test_demo_json_summary_says_n_requests_0_failed() -> None:
+async def demo_json(*options: str) -> tuple[int | None, dict[str, Any], bytes]:
+    """`orchestrator demo --json OPTIONS`: its exit code, summary and chatter."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "orchestrator",
         "demo",
         "--json",
+        *options,
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()[-3000:]
-    summary = json.loads(out.decode().strip().splitlines()[-1])
+    assert out.strip(), err.decode()[-3000:]
+    return proc.returncode, json.loads(out.decode().strip().splitlines()[-1]), err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_demo_json_summary_says_n_requests_0_failed() -> None:
+    code, summary, err = await demo_json()
+    assert code == 0, err.decode()[-3000:]
     assert summary["state"] == "succeeded"
     assert summary["failed"] == 0
     assert summary["requests"] > 500
@@ -48,21 +56,8 @@ async def test_demo_json_summary_says_n_requests_0_failed() -> None:
 async def test_a_failed_host_is_the_cause_to_the_end() -> None:
     """Issue 13: the final screen said "every host and pin undone", not which
     host failed which check with what output."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "orchestrator",
-        "demo",
-        "--json",
-        "--fail-host",
-        "cmp-2",
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 1, err.decode()[-3000:]
-    summary = json.loads(out.decode().strip().splitlines()[-1])
+    code, summary, err = await demo_json("--fail-host", "cmp-2")
+    assert code == 1, err.decode()[-3000:]
     assert summary["state"] == "rolled_back"
     assert summary["failed"] == 0
     failure = summary["first_failure"]
