@@ -500,7 +500,9 @@ async def test_the_status_shows_where_a_health_check_stands(api: Api) -> None:
     assert health(doc) is None  # done: no check under way
 
 
-async def test_metrics_count_failed_health_checks_and_failed_steps(api: Api) -> None:
+async def test_metrics_count_failed_health_checks_and_failed_steps(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
     inventory = yaml.safe_load(inventory_text(api.hosts))
     inventory["roles"]["app"]["health"] = [{"run": "test ! -f sick"}]
     inventory["roles"]["app"]["health_policy"] = {"passes": 1, "interval": "50ms", "deadline": 0.3}
@@ -520,6 +522,10 @@ async def test_metrics_count_failed_health_checks_and_failed_steps(api: Api) -> 
     assert len(failures) == 1
     assert float(failures[0].split()[-1]) >= 1
     assert 'orchestrator_upgrades{state="rolled_back"} 1.0' in metrics
+    # issue 13: the first failure is one warning-level line, with its cause
+    said = [line for line in capsys.readouterr().out.splitlines() if "first failure" in line]
+    assert len(said) == 1, said
+    assert "warning" in said[0] and "host=host-2" in said[0] and "what=health" in said[0]
     assert "# TYPE orchestrator_step_duration_seconds histogram" in metrics
     assert 'orchestrator_hosts{state="pending"} 0.0' in metrics  # terminal: not counted
 

@@ -107,6 +107,19 @@ async def test_submit_dry_run_prints_what_plan_prints(api: Api, files: tuple[str
     assert api.manager.upgrades == {}
 
 
+async def test_watch_timeout_stops_watching_not_the_upgrade(
+    api: Api, files: tuple[str, str]
+) -> None:
+    inventory, playbook = files
+    _, out, _ = await cli(api, "submit", "-i", inventory, "-p", playbook, "--to", "2.0")
+    upgrade_id = out.split()[1]
+    await api.wait_step(upgrade_id, "roll", "host-1", "running")  # it waits for "go"
+    code, out, _ = await cli(api, "watch", upgrade_id, "--timeout", "0.5")
+    assert code == 3
+    assert out.splitlines()[-1] == f"still {upgrade_id} after 0.5 s: stopped watching; it goes on"
+    assert (await api.status(upgrade_id))["state"] == "running"
+
+
 async def test_watch_of_a_rolled_back_upgrade_exits_1(api: Api, files: tuple[str, str]) -> None:
     inventory, playbook = files
     code, out, _ = await cli(api, "submit", "-i", inventory, "-p", playbook, "--to", "2.0")
