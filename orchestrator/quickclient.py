@@ -152,6 +152,8 @@ def request(
             resp = conn.getresponse()
             raw = resp.read()
             status, location = resp.status, resp.getheader("Location")
+        except ssl.SSLError as exc:  # before OSError: its errno says nothing
+            raise unreachable(endpoint.url, str(exc)) from None
         except OSError as exc:
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise unreachable(endpoint.url, reason or type(exc).__name__) from None
