@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/orchestrator demo
 
 bench: $(STAMP)
-	$(PY) bench/plan_scale.py
+	$(PY) -m bench.all
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

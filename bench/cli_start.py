@@ -21,6 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.figures import figure
+
+# the commands with a figure of their own: median wall time, and its target
+FIGURES = {
+    "--help": ("cli_help_median", "<150"),
+    "status": ("cli_status_median", "<150"),
+    "import orchestrator.cli": ("cli_import_median", ""),
+}
+
 
 def timed(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
     took = []
@@ -70,6 +79,9 @@ def main() -> None:
                     f"{label:<24} min {min(took) * 1000:6.1f} ms   "
                     f"median {statistics.median(took) * 1000:6.1f} ms   ({args.runs} runs)"
                 )
+                name, target = FIGURES.get(label, ("", ""))
+                if name:
+                    figure(name, statistics.median(took) * 1000, "ms", target)
         finally:
             daemon.terminate()
             daemon.wait(20)

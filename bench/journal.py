@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.figures import figure
 from orchestrator.store.base import Store
 from orchestrator.store.journal import Journal
 
@@ -73,6 +74,7 @@ async def run(journal: Store, label: str, events: int, tasks: int, sequential: i
             f"{done / elapsed:,.0f} events/s; {commits} commits "
             f"({done / commits:.1f} events each); worst loop lag {worst[0] * 1000:.1f} ms"
         )
+        figure(f"journal_{label}_concurrent", done / elapsed, "events/s")
 
         commits = journal.stats.commits
         started = time.perf_counter()
@@ -85,6 +87,7 @@ async def run(journal: Store, label: str, events: int, tasks: int, sequential: i
             f"{sequential / elapsed:,.0f} events/s; {commits} commits "
             f"({elapsed / sequential * 1000:.2f} ms per durable append)"
         )
+        figure(f"journal_{label}_durable_append", elapsed / sequential * 1000, "ms")
     finally:
         await journal.close()
 

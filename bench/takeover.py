@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.figures import figure
 from orchestrator.minicloud.embedded import embedded_cloud
 from tests.hakit import Peers, counted_playbook, epochs, running_in, wait_status
 from tests.pgserver import PostgresServer, find_bin_dir
@@ -78,6 +79,8 @@ def main() -> None:
             f"  {label}: min {min(values):.2f} s, median {statistics.median(values):.2f} s, "
             f"max {max(values):.2f} s (bound: lease + 5 = {args.lease + 5:g} s)"
         )
+    figure("takeover_median", statistics.median(leads), "s", f"<={args.lease + 5:g}")
+    figure("takeover_first_event_median", statistics.median(resumes), "s")
 
 
 if __name__ == "__main__":
