@@ -21,7 +21,7 @@ from orchestrator.inventory import Inventory
 from orchestrator.playbook import Phase, Playbook
 from orchestrator.playbook import Step as StepSpec
 from orchestrator.source import Document, PathKey, suggest
-from orchestrator.templating import Flavour, Namespace, Secrets, render
+from orchestrator.templating import Flavour, Namespace, Secrets, Templates
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +38,13 @@ class _Renderer:
     doc: Document
     problems: list[Problem]
     seen: set[tuple[str, PathKey]]
+    templates: Templates
 
     def __call__(
         self, source: str, ctx: dict[str, Any], path: PathKey, host: str, flavour: Flavour = "text"
     ) -> str:
         try:
-            return render(source, ctx, flavour)
+            return self.templates.render(source, ctx, flavour)
         except TemplateError as exc:
             key = (self.doc.name, path)
             if key not in self.seen:
@@ -74,8 +75,9 @@ class _Compiler:
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         seen: set[tuple[str, PathKey]] = set()
-        self.inv_render = _Renderer(inv_doc, self.problems, seen)
-        self.pb_render = _Renderer(pb_doc, self.problems, seen)
+        self.templates = Templates()
+        self.inv_render = _Renderer(inv_doc, self.problems, seen, self.templates)
+        self.pb_render = _Renderer(pb_doc, self.problems, seen, self.templates)
         self.groups = {role: inventory.role_hosts(role) for role in inventory.all_roles()}
         self.contexts: dict[str, dict[str, Any]] = {}
 

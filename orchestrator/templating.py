@@ -12,9 +12,12 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 import jinja2
+from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from orchestrator.errors import TemplateError
@@ -96,7 +99,6 @@ _ENVS: dict[Flavour, ImmutableSandboxedEnvironment] = {
     "text": _environment("text"),
     "shell": _environment("shell"),
 }
-_CACHE: dict[tuple[Flavour, str], jinja2.Template] = {}
 
 
 def is_template(source: str) -> bool:
@@ -106,21 +108,71 @@ def is_template(source: str) -> bool:
 def render(source: str, context: Mapping[str, Any], flavour: Flavour = "text") -> str:
     """Render `source`; raise TemplateError naming the undefined variable or syntax fault.
 
-    Sources without Jinja syntax are returned as they are, which keeps plan
-    compilation for 10,000 hosts fast.
+    Sources without Jinja syntax are returned as they are. Each template is
+    compiled once per process; `Templates` also reuses results.
     """
     if not is_template(source):
         return source
-    key = (flavour, source)
-    template = _CACHE.get(key)
-    if template is None:
-        try:
-            template = _ENVS[flavour].from_string(source)
-        except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(f"template syntax error: {exc.message}") from None
-        _CACHE[key] = template
+    return _render(_compile(flavour, source), context)
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # hashed by identity: a cache key part
+class _Compiled:
+    template: jinja2.Template
+    # the top-level names the template reads
+    names: tuple[str, ...]
+    # per name read only as ``name.FIELD`` / ``name['FIELD']``, those fields
+    fields: Mapping[str, tuple[str, ...]]
+
+
+@lru_cache(maxsize=4096)  # a daemon compiles the plans it is sent: bounded
+def _compile(flavour: Flavour, source: str) -> _Compiled:
+    env = _ENVS[flavour]
     try:
-        return template.render(context)
+        ast = env.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error: {exc.message}") from None
+    names = meta.find_undeclared_variables(ast)
+    return _Compiled(env.from_string(ast), tuple(sorted(names)), _fields_read(ast, names))
+
+
+def _fields_read(ast: nodes.Template, names: set[str]) -> dict[str, tuple[str, ...]]:
+    """For each name whose every use is ``name.FIELD`` or ``name['FIELD']`` with
+    a constant FIELD that is not an attribute of Namespace (``host.items`` is
+    the dict method), the fields read. Any other use (``host | tojson``,
+    ``host[var]``, a loop variable of the same name) leaves the name out: its
+    results are then keyed by the whole value."""
+    uses: dict[str, int] = {}
+    for name_node in ast.find_all(nodes.Name):
+        if name_node.ctx == "load" and name_node.name in names:
+            uses[name_node.name] = uses.get(name_node.name, 0) + 1
+    covered: dict[str, int] = {}
+    fields: dict[str, set[str]] = {}
+    lookups: list[tuple[nodes.Expr, object]] = [
+        (n.node, n.attr) for n in ast.find_all(nodes.Getattr)
+    ]
+    lookups += [
+        (n.node, n.arg.value) for n in ast.find_all(nodes.Getitem) if isinstance(n.arg, nodes.Const)
+    ]
+    for inner, field in lookups:
+        if not (isinstance(inner, nodes.Name) and inner.ctx == "load" and inner.name in names):
+            continue
+        if not isinstance(field, str) or hasattr(Namespace, field):
+            continue
+        covered[inner.name] = covered.get(inner.name, 0) + 1
+        fields.setdefault(inner.name, set()).add(field)
+    return {
+        name: tuple(sorted(read))
+        for name, read in fields.items()
+        if covered[name] == uses.get(name, 0)
+    }
+
+
+def _render(compiled: _Compiled, context: Mapping[str, Any]) -> str:
+    # only the names it reads: Jinja copies the mapping it is given
+    names = {n: context[n] for n in compiled.names if n in context}
+    try:
+        return compiled.template.render(names)
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"undefined template variable: {_undefined(exc, context)}") from None
     except jinja2.exceptions.SecurityError as exc:
@@ -129,6 +181,78 @@ def render(source: str, context: Mapping[str, Any], flavour: Flavour = "text") -
         raise TemplateError(f"template error: {exc}") from None
     except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
         raise TemplateError(f"template error: {exc}") from None
+
+
+_MISSING = object()
+_ATOMS = (str, int, float, bool, type(None))
+
+
+class Templates:
+    """Renders templates for one plan: each compiled once, rendered once per
+    distinct context it reads.
+
+    A template's result depends only on the values of the names it reads
+    (`jinja2.meta.find_undeclared_variables`), and for a Namespace read only
+    through constant fields (``host.name``), on those fields. The cache key
+    holds those values: strings, numbers, booleans and None by type and
+    value, so ``1``, ``1.0`` and ``True`` never share a result; a Namespace's
+    small lists and mappings by value too (``host.roles``); any other object
+    (a playbook's mapping, a Namespace read as a whole, Secrets) by
+    identity, and the cache keeps it alive so its identity is never reused.
+    The sandbox keeps every value immutable to templates, so a value cannot
+    change under its key. Failures are not cached: their messages suggest
+    names from the whole context. `renders` counts the renders that ran.
+    """
+
+    __slots__ = ("_kept", "_results", "renders")
+
+    def __init__(self) -> None:
+        self._results: dict[tuple[Any, ...], str] = {}
+        self._kept: list[Any] = []
+        self.renders = 0
+
+    def render(self, source: str, context: Mapping[str, Any], flavour: Flavour = "text") -> str:
+        if not is_template(source):
+            return source
+        compiled = _compile(flavour, source)
+        fields = compiled.fields
+        key: list[Any] = [compiled]
+        kept: list[Any] = []
+        for name in compiled.names:
+            value = context.get(name, _MISSING)
+            read = fields.get(name)
+            if read is not None and isinstance(value, Namespace):
+                key.append((Namespace, *(_frozen(value.get(f, _MISSING), kept) for f in read)))
+            else:
+                key.append(_frozen(value, kept, by_value=False))
+        frozen = tuple(key)
+        result = self._results.get(frozen)
+        if result is None:
+            self.renders += 1
+            result = _render(compiled, context)
+            self._results[frozen] = result
+            self._kept.extend(kept)
+        return result
+
+
+_SMALL = 16
+
+
+def _frozen(value: Any, kept: list[Any], *, by_value: bool = True) -> Any:
+    """A hashable key part that equals another only for the same data of the
+    same types; containers by value when `by_value` and small, else by identity
+    (`kept` then holds the object, so the identity stays its own)."""
+    kind = type(value)
+    if kind is float:
+        return (kind, repr(value))  # -0.0 == 0.0, but they render differently
+    if kind in _ATOMS:
+        return (kind, value)
+    if by_value and kind in (list, tuple) and len(value) <= _SMALL:
+        return (kind, tuple(_frozen(v, kept) for v in value))
+    if by_value and kind is dict and len(value) <= _SMALL:
+        return (kind, tuple((_frozen(k, kept), _frozen(v, kept)) for k, v in value.items()))
+    kept.append(value)
+    return (id, id(value))
 
 
 _TOP_UNDEFINED = re.compile(r"^'([^']+)' is undefined$")

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import TemplateError
-from orchestrator.templating import SECRET_MARKER, Namespace, Secrets, is_template, render
+from orchestrator.templating import (
+    SECRET_MARKER,
+    Namespace,
+    Raw,
+    Secrets,
+    Templates,
+    is_template,
+    render,
+)
 
 
 def _ctx(**extra: Any) -> dict[str, Any]:
@@ -176,3 +184,164 @@ def test_secrets_mapping_holds_names_only() -> None:
     assert secrets["a"] == "@@secret:a@@"
     with pytest.raises(KeyError):
         secrets["c"]
+
+
+# --- Templates: compiled once, rendered once per distinct context read ----------
+
+
+def _host(name: str, address: str, roles: list[str] | None = None) -> Namespace:
+    return Namespace(
+        "host", {"name": name, "address": address, "roles": roles or ["compute"], "vars": {}}
+    )
+
+
+def _contexts(n: int, **shared: Any) -> list[dict[str, Any]]:
+    base = {"to_version": "2026.1", "from_version": "2025.2", **shared}
+    return [{**base, "host": _host(f"cmp-{i}", f"10.0.0.{i}")} for i in range(n)]
+
+
+def test_a_template_reading_only_shared_names_renders_once_for_every_host() -> None:
+    templates = Templates()
+
+    out = {
+        templates.render("apt-get install -y nova={{ to_version }}", c, "shell")
+        for c in _contexts(50)
+    }
+
+    assert out == {"apt-get install -y nova=2026.1"}
+    assert templates.renders == 1
+
+
+def test_a_template_reading_a_host_field_renders_once_per_host_and_never_mixes_them() -> None:
+    templates = Templates()
+    contexts = _contexts(20)
+
+    first = [templates.render("ping {{ host.address }}", c, "shell") for c in contexts]
+    again = [templates.render("ping {{ host.address }}", c, "shell") for c in contexts]
+
+    assert first == again == [f"ping 10.0.0.{i}" for i in range(20)]
+    assert templates.renders == 20
+
+
+def test_hosts_equal_in_the_fields_read_share_a_result() -> None:
+    templates = Templates()
+    source = "restart{% for r in host.roles %} nova-{{ r }}{% endfor %}"
+    contexts = [{"host": _host(f"h{i}", f"10.0.0.{i}", ["api", "conductor"])} for i in range(10)]
+    contexts.append({"host": _host("other", "10.0.1.1", ["compute"])})
+
+    out = [templates.render(source, c, "shell") for c in contexts]
+
+    assert out[:10] == ["restart nova-api nova-conductor"] * 10
+    assert out[10] == "restart nova-compute"
+    assert templates.renders == 2
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ host | tojson }}",  # the whole namespace
+        "{% for k, v in host.items() %}{{ v }}{% endfor %}",  # a dict method, not a field
+        "{{ host[key] }}",  # a field chosen at render time
+    ],
+)
+def test_a_namespace_read_as_a_whole_is_keyed_by_the_host(source: str) -> None:
+    templates = Templates()
+    contexts = [{**c, "key": "name"} for c in _contexts(5)]
+
+    out = [templates.render(source, c) for c in contexts]
+
+    assert len(set(out)) == 5
+    assert all(f"cmp-{i}" in text for i, text in enumerate(out))
+    assert templates.renders == 5
+
+
+def test_a_loop_variable_named_like_a_namespace_does_not_narrow_the_key() -> None:
+    templates = Templates()
+    source = "{{ host.name }}:{% for host in hosts %}{{ host }}{% endfor %}"
+    contexts = [{**c, "hosts": ["a", "b"]} for c in _contexts(3)]
+
+    assert [templates.render(source, c) for c in contexts] == [
+        "cmp-0:ab",
+        "cmp-1:ab",
+        "cmp-2:ab",
+    ]
+    assert templates.renders == 3
+
+
+@pytest.mark.parametrize("values", [(1, 1.0, True), (0.0, -0.0, False), ("1", 1, Raw("1"))])
+def test_values_that_compare_equal_but_render_differently_are_not_mixed(
+    values: tuple[Any, ...],
+) -> None:
+    templates = Templates()
+
+    out = [templates.render("echo {{ x }}", {"x": v}, "shell") for v in values]
+
+    assert out == [render("echo {{ x }}", {"x": v}, "shell") for v in values]
+    assert templates.renders == len(values)
+
+
+def test_a_namespace_field_holding_a_mapping_is_keyed_by_its_content() -> None:
+    templates = Templates()
+    source = "{{ host.vars.rack | default('none') }}"
+    hosts = [
+        Namespace("host", {"vars": {"rack": "r1"}}),
+        Namespace("host", {"vars": {"rack": "r1"}}),
+        Namespace("host", {"vars": {"rack": "r2"}}),
+        Namespace("host", {"vars": {}}),
+    ]
+
+    assert [templates.render(source, {"host": h}) for h in hosts] == ["r1", "r1", "r2", "none"]
+    assert templates.renders == 3
+
+
+def test_shared_mappings_are_keyed_by_identity() -> None:
+    templates = Templates()
+    units = {"compute": "nova-compute"}
+    other = {"compute": "nova-compute-ironic"}
+
+    a = templates.render("{{ units[role] }}", {"units": units, "role": "compute"})
+    b = templates.render("{{ units[role] }}", {"units": dict(units), "role": "compute"})
+    c = templates.render("{{ units[role] }}", {"units": other, "role": "compute"})
+
+    assert (a, b, c) == ("nova-compute", "nova-compute", "nova-compute-ironic")
+    assert templates.renders == 3  # an equal copy is another object: rendered again
+
+
+def test_secrets_stay_markers_through_the_cache() -> None:
+    templates = Templates()
+    contexts = _contexts(3, secrets=Secrets(["db_password"]))
+
+    out = {templates.render("mysql -p{{ secrets.db_password }}", c, "shell") for c in contexts}
+
+    assert out == {"mysql -p@@secret:db_password@@"}
+    assert templates.renders == 1
+
+
+def test_a_macro_reads_the_names_its_body_uses() -> None:
+    templates = Templates()
+    source = "{% macro pkg(p) %}{{ p }}={{ to_version }}{% endmacro %}{{ pkg('nova') }}"
+
+    assert templates.render(source, {"to_version": "1"}) == "nova=1"
+    assert templates.render(source, {"to_version": "2"}) == "nova=2"
+    assert templates.renders == 2
+
+
+def test_failures_are_reported_every_time_with_their_own_suggestions() -> None:
+    templates = Templates()
+
+    with pytest.raises(TemplateError, match=r"'rak' \(did you mean 'rack'\?\)"):
+        templates.render("{{ rak }}", {"rack": "r1"})
+    with pytest.raises(TemplateError) as info:
+        templates.render("{{ rak }}", {"zone": "z"})
+
+    assert info.value.message == "undefined template variable: 'rak'"
+    with pytest.raises(TemplateError, match="'host' has no field 'nme'"):
+        templates.render("{{ host.nme }}", _contexts(1)[0])
+
+
+def test_the_cache_keeps_the_sandbox() -> None:
+    templates = Templates()
+
+    for _ in range(2):
+        with pytest.raises(TemplateError, match="not allowed by the sandbox"):
+            templates.render("{{ items.append(3) }}", {"items": [1, 2]})
