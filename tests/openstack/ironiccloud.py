@@ -69,19 +69,25 @@ VERSION_PROBE = (
 )
 
 
-# A conductor's drain: refuse new JSON-RPC traffic to it (a TCP reset, which
+# A conductor's drain: refuse new JSON-RPC calls to it (a TCP reset, which
 # the APIs' clients retry), so that no call reaches it while it shuts down.
 # Ironic 35 and 39 shut their worker pool down before their RPC server, and
 # answer a power call arriving in between with HTTP 500 ("Can not schedule
 # new futures after being shutdown"); a message queue would hold such calls,
-# JSON-RPC has none. The undo removes every copy of the rule.
-_REJECT = (
-    "INPUT -d {{ host.address }} -p tcp --dport {{ json_rpc_port }}"
-    " -j REJECT --reject-with tcp-reset"
+# JSON-RPC has none. A new call is a new connection (SYN) or a request on a
+# kept-alive one (a segment with data, which ends with PSH); the ACKs of a
+# caller reading the answer of a call already running pass, so that answer
+# arrives whole: resetting every packet cut such answers off mid-read, which
+# the clients do not retry (tests/openstack/test_conductor_drain.py). The
+# undo removes every copy of both rules.
+_MATCH = "INPUT -d {{ host.address }} -p tcp --dport {{ json_rpc_port }}"
+_REJECT = tuple(
+    f"{_MATCH} {packets} -j REJECT --reject-with tcp-reset"
+    for packets in ("--syn", "--tcp-flags PSH PSH")
 )
 CONDUCTOR_DRAIN = {
-    "run": f"iptables -C {_REJECT} 2>/dev/null || iptables -I {_REJECT}",
-    "undo": f"while iptables -D {_REJECT} 2>/dev/null; do :; done",
+    "run": " && ".join(f"{{ iptables -C {r} 2>/dev/null || iptables -I {r}; }}" for r in _REJECT),
+    "undo": "; ".join(f"while iptables -D {r} 2>/dev/null; do :; done" for r in _REJECT),
     "timeout": "30s",
 }
 
@@ -169,18 +175,25 @@ class IronicCloud:
             f"{VENVS}/ironic-{OLD.name}/bin/ironic-dbsync --config-file {CONF} create_schema",
         )
         await self.sshd.start()
+        # a firewall rule a killed run left on the ports just picked would
+        # refuse the conductors: ports are reused, the rules outlive the run
+        await self._undrain()
         await asyncio.gather(*(self.service(h, "start") for h in self.hosts.values()))
         await self.haproxy.start()
         await self.wait_ready()
         self.inventory_path.write_text(yaml.safe_dump(self.inventory_data(), sort_keys=False))
 
-    async def close(self) -> None:
-        for conductor in self.by_role(CONDUCTOR):  # a drain a failed test left behind
+    async def _undrain(self) -> None:
+        """Remove every conductor's drain rules (the drain's own undo)."""
+        for conductor in self.by_role(CONDUCTOR):
             undo = CONDUCTOR_DRAIN["undo"].replace("{{ host.address }}", conductor.address)
             with contextlib.suppress(Exception):
                 await self.run_local(
                     conductor, undo.replace("{{ json_rpc_port }}", str(self.rpc_port))
                 )
+
+    async def close(self) -> None:
+        await self._undrain()  # a drain a failed test left behind
         with contextlib.suppress(Exception):
             await asyncio.gather(
                 *(self.service(h, "stop") for h in self.hosts.values()), return_exceptions=True
