@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import time
@@ -13,8 +14,9 @@ import asyncssh
 import pytest
 from structlog.testing import capture_logs
 
-from orchestrator.errors import HostKeyError, InputError, TransportError
+from orchestrator.errors import HostKeyError, InputError, TransportError, UsageError
 from orchestrator.secrets import SecretStore
+from orchestrator.transport.slots import DEFAULT_MAX_CONNECTIONS, ConnectionLimit
 from orchestrator.transport.ssh import MAX_OUTPUT_CHARS, MAX_OUTPUT_LINES, SSHPool
 from tests.sshhosts import MakeSSHHosts, SSHHosts
 
@@ -402,3 +404,248 @@ async def test_unix_request_that_gets_no_reply_times_out(ssh_hosts: SSHHosts) ->
         release.set()
         server.close()
         await server.wait_closed()
+
+
+# --- bounded connections -----------------------------------------------------------
+
+# waits until the test lets it go (no timing assumptions), or gives up after a minute
+HOLD = "i=0; while [ ! -e go ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i + 1)); done; echo held"
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for the servers' side to catch up; the test's timeout bounds it."""
+    while not condition():  # noqa: ASYNC110 - the servers' connection counts have no event
+        await asyncio.sleep(0.005)
+
+
+class Peak:
+    """The most connections the hosts held open at once, looked at every loop turn."""
+
+    def __init__(self, hosts: SSHHosts) -> None:
+        self._hosts = hosts
+        self.most = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def now(self) -> int:
+        return sum(self._hosts.open_connections(name) for name in self._hosts.names)
+
+    async def __aenter__(self) -> Peak:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            self.most = max(self.most, self.now())
+            await asyncio.sleep(0)
+
+
+def test_max_connections_must_be_a_whole_number_of_at_least_one() -> None:
+    assert ConnectionLimit().max_connections == DEFAULT_MAX_CONNECTIONS == 256
+    for bad in (0, -1, 2.5, "8", True, None):
+        with pytest.raises(UsageError, match="max_connections must be a whole number"):
+            ConnectionLimit(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cap", [1, 3])
+@pytest.mark.parametrize("ssh_hosts", [6], indirect=True)
+async def test_never_more_connections_open_than_the_cap(ssh_hosts: SSHHosts, cap: int) -> None:
+    """Many callers over many hosts at once, commands, supervised runs and files
+    among them: the servers never see more than `cap` connections, and at a
+    cap of 1 nobody waits forever."""
+    limit = ConnectionLimit(cap)
+
+    async def work(pool: SSHPool, i: int) -> str:
+        host = ssh_hosts.names[i % len(ssh_hosts.names)]
+        if i % 3 == 0:
+            await pool.write_file(host, f"f{i}", str(i))
+            return await pool.read_file(host, f"f{i}") or ""
+        if i % 3 == 1:
+            return (await pool.run(host, f"echo {i}", run_id=f"u1/s{i}.1")).output
+        return (await pool.run(host, f"echo {i}")).output
+
+    async with SSHPool(ssh_hosts.targets(), limit=limit) as pool, Peak(ssh_hosts) as peak:
+        outputs = await asyncio.gather(*(work(pool, i) for i in range(36)))
+    assert outputs == [str(i) for i in range(36)]
+    assert peak.most == cap  # reached, never passed
+    assert sum(ssh_hosts.accepted(name) for name in ssh_hosts.names) > cap  # places changed hands
+    assert limit.open == 0
+
+
+@pytest.mark.parametrize("ssh_hosts", [3], indirect=True)
+async def test_the_least_recently_used_idle_connection_is_closed_first(
+    ssh_hosts: SSHHosts,
+) -> None:
+    limit = ConnectionLimit(2)
+    async with SSHPool(ssh_hosts.targets(), limit=limit) as pool:
+        await pool.run("host-1", "true")
+        await pool.run("host-2", "true")
+        await pool.run("host-1", "true")  # host-2's is now the least recently used
+        assert (limit.open, limit.idle) == (2, 2)
+        assert (await pool.run("host-3", "echo three")).output == "three"
+        await until(lambda: ssh_hosts.open_connections("host-2") == 0)
+        assert ssh_hosts.open_connections("host-1") == 1
+        assert ssh_hosts.open_connections("host-3") == 1
+        assert (await pool.run("host-1", "true")).ok
+        assert ssh_hosts.accepted("host-1") == 1  # kept all along
+    assert limit.open == 0
+
+
+@pytest.mark.parametrize("ssh_hosts", [3], indirect=True)
+async def test_a_connection_in_use_is_never_closed_for_another_host(ssh_hosts: SSHHosts) -> None:
+    """At a cap of 1, a running command keeps its connection; the next host
+    waits for it to end, then takes its place."""
+    limit = ConnectionLimit(1)
+    async with SSHPool(ssh_hosts.targets(), limit=limit) as pool:
+        held = asyncio.create_task(pool.run("host-1", HOLD))
+        await ssh_hosts.wait_for_commands("host-1")
+        second = asyncio.create_task(pool.run("host-2", "echo two"))
+        third = asyncio.create_task(pool.read_file("host-3", "absent"))
+        await until(lambda: limit.waiting == 2)
+        assert ssh_hosts.accepted("host-2") == ssh_hosts.accepted("host-3") == 0
+        assert ssh_hosts.open_connections("host-1") == 1
+        (ssh_hosts.host_dir("host-1") / "go").touch()
+        first = await held
+        assert (await second).output == "two"
+        assert await third is None
+    assert first.ok and first.output == "held"
+    assert ssh_hosts.accepted("host-2") == 1  # first come, first served
+
+
+@pytest.mark.parametrize("ssh_hosts", [2], indirect=True)
+async def test_a_forwarded_socket_in_use_keeps_its_connection(ssh_hosts: SSHHosts) -> None:
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        asked.set()
+        await answer.wait()
+        writer.write(b"stat\n")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_unix_server(
+        slow, path=str(ssh_hosts.host_dir("host-1") / "hap.sock")
+    )
+    limit = ConnectionLimit(1)
+    try:
+        async with SSHPool(ssh_hosts.targets(), limit=limit) as pool:
+            request = asyncio.create_task(pool.unix_request("host-1", "/hap.sock", "show stat"))
+            await asked.wait()
+            other = asyncio.create_task(pool.run("host-2", "echo two"))
+            await until(lambda: limit.waiting == 1)
+            assert ssh_hosts.accepted("host-2") == 0
+            answer.set()
+            assert await request == "stat\n"
+            assert (await other).output == "two"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("ssh_hosts", [2], indirect=True)
+async def test_a_followed_run_whose_connection_dropped_reconnects_within_the_cap(
+    ssh_hosts: SSHHosts,
+) -> None:
+    """At a cap of 1: the supervised run's connection drops while another host
+    waits for a place; the other host takes it, then the run reattaches and
+    returns its real end."""
+    limit = ConnectionLimit(1)
+    async with SSHPool(ssh_hosts.targets(), policy_sleep=Sleeps(), limit=limit) as pool:
+        run = asyncio.create_task(pool.run("host-1", f"{HOLD}; exit 4", run_id="u1/s.1"))
+        await ssh_hosts.wait_for_commands("host-1")
+        other = asyncio.create_task(pool.run("host-2", "echo two"))
+        await until(lambda: limit.waiting == 1)
+        ssh_hosts.drop("host-1")
+        assert (await other).output == "two"
+        await until(lambda: ssh_hosts.accepted("host-1") == 2)  # reattached
+        (ssh_hosts.host_dir("host-1") / "go").touch()
+        result = await run
+    assert result.exit_status == 4
+    assert result.output == "held"
+
+
+@pytest.mark.parametrize("ssh_hosts", [2], indirect=True)
+async def test_a_host_that_is_down_gives_its_place_back_between_attempts(
+    ssh_hosts: SSHHosts,
+) -> None:
+    answers: list[str] = []
+
+    async def meanwhile(attempt: int) -> None:
+        if attempt == 1:  # host-2 waits between attempts: host-1 can connect
+            answers.append((await pool.run("host-1", "echo one")).output)
+            await ssh_hosts.accept("host-2")
+
+    limit = ConnectionLimit(1)
+    ssh_hosts.refuse("host-2")
+    async with SSHPool(ssh_hosts.targets(), policy_sleep=Sleeps(meanwhile), limit=limit) as pool:
+        assert (await pool.run("host-2", "echo two")).output == "two"
+    assert answers == ["one"]
+
+
+async def test_release_closes_an_idle_connection_at_once(ssh_hosts: SSHHosts) -> None:
+    limit = ConnectionLimit(4)
+    async with SSHPool(ssh_hosts.targets(), limit=limit) as pool:
+        await pool.run("host-1", "true")
+        pool.release("host-1")
+        await until(lambda: ssh_hosts.open_connections("host-1") == 0)
+        assert limit.open == 0
+        assert (await pool.run("host-1", "echo again")).output == "again"
+        assert ssh_hosts.accepted("host-1") == 2
+        pool.release("absent-or-closed")  # nothing to do
+
+
+async def test_release_of_a_busy_connection_closes_it_after_its_last_use(
+    ssh_hosts: SSHHosts,
+) -> None:
+    limit = ConnectionLimit(4)
+    go = ssh_hosts.host_dir("host-1") / "go"
+    async with SSHPool(ssh_hosts.targets(), limit=limit) as pool:
+        held = asyncio.create_task(pool.run("host-1", HOLD))
+        await ssh_hosts.wait_for_commands("host-1")
+        pool.release("host-1")
+        assert ssh_hosts.open_connections("host-1") == 1  # never under its user
+        go.touch()
+        assert (await held).output == "held"
+        await until(lambda: ssh_hosts.open_connections("host-1") == 0)
+        assert limit.open == 0
+
+        # a new use before the last one ended keeps it open
+        go.unlink()
+        held = asyncio.create_task(pool.run("host-1", HOLD))
+        await ssh_hosts.wait_for_commands("host-1", 2)
+        pool.release("host-1")
+        assert (await pool.run("host-1", "echo wanted again")).ok
+        go.touch()
+        await held
+        assert (limit.open, limit.idle) == (1, 1)
+        assert ssh_hosts.accepted("host-1") == 2
+
+
+async def test_a_cancelled_waiter_passes_its_place_on() -> None:
+    """Pure bookkeeping: a waiter handed a place and cancelled before it ran
+    must not take the place with it."""
+    limit = ConnectionLimit(1)
+    await limit.take()
+    first = asyncio.create_task(limit.take())
+    second = asyncio.create_task(limit.take())
+    await asyncio.sleep(0)  # both queue up
+    assert limit.waiting == 2
+    limit.give()  # to the first ...
+    first.cancel()  # ... which is cancelled before it could use it
+    await second
+    assert (limit.open, limit.waiting) == (1, 0)
+    waiting = asyncio.create_task(limit.take())
+    await asyncio.sleep(0)
+    waiting.cancel()  # cancelled while it waits: it leaves the queue
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    assert limit.waiting == 0
+    limit.give()
+    assert limit.open == 0

@@ -1,8 +1,9 @@
 """Following a supervised run from the orchestrator's side (docs/transport.md).
 
-`Follower` runs the wrapper of `supervise` over a connection of the pool,
-and after a dropped or silent connection reconnects and runs it again with
-the same record, under `retry.reattach_policy`, until the supervisor reports
+`Follower` runs the wrapper of `supervise` over a connection of the pool
+(leased for each exec: never closed under a run being followed), and after
+a dropped or silent connection reconnects and runs it again with the same
+record, under `retry.reattach_policy`, until the supervisor reports
 how the run ended. It also kills a run (timeout, cancellation) by a second
 exec. `SSHPool` owns one and turns what it reports into a `CommandResult`.
 """
@@ -10,8 +11,8 @@ exec. `SSHPool` owns one and turns what it reports into a `CommandResult`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, suppress
 from typing import Protocol
 
 import asyncssh
@@ -28,7 +29,8 @@ KILL_GRACE = 5.0
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
 
-Connect = Callable[[HostTarget], Awaitable[asyncssh.SSHClientConnection]]
+# the pool's connection to a host, held open until the block ends
+Lease = Callable[[HostTarget], AbstractAsyncContextManager[asyncssh.SSHClientConnection]]
 
 
 class MakeError(Protocol):
@@ -65,9 +67,9 @@ class Follower:
     """Starts, follows and kills supervised runs over the pool's connections."""
 
     def __init__(
-        self, connect: Connect, error: MakeError, redact: Callable[[str], str], sleep: Sleep | None
+        self, lease: Lease, error: MakeError, redact: Callable[[str], str], sleep: Sleep | None
     ) -> None:
-        self._connect, self._error, self._redact, self._sleep = connect, error, redact, sleep
+        self._lease, self._error, self._redact, self._sleep = lease, error, redact, sleep
         self._kills: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
@@ -94,39 +96,41 @@ class Follower:
 
     async def _attach(self, target: HostTarget, run: Run) -> tuple[Ending, str]:
         """One exec of the wrapper: it starts the command, or finds its record."""
-        conn = await self._connect(target)
-        was_sent, run.sent = run.sent, True  # the exec may reach the host from here on
-        run.attempts += 1
-        try:
-            process = await conn.create_process(
-                run.command,
-                stdin=asyncssh.PIPE,
-                stdout=asyncssh.PIPE,
-                stderr=asyncssh.PIPE,
-                encoding="utf-8",
-                errors="replace",
-            )
-        except asyncssh.ChannelOpenError as exc:
-            run.sent = was_sent  # refused before the exec request
-            if not was_sent:
-                raise self._error(
-                    target.name, f"could not start {run.shown!r}: {describe(exc)}; it did not run"
-                ) from None
-            raise self._detached(target.name, run, describe(exc)) from None
-        except (asyncssh.Error, OSError) as exc:
-            raise self._detached(target.name, run, describe(exc)) from None
-        try:
-            process.stdin.write(run.script)
-            process.stdin.write_eof()
-            output, errors = await asyncio.gather(process.stdout.read(), process.stderr.read())
-            await process.wait_closed()
-        except (asyncssh.Error, OSError) as exc:
-            raise self._detached(target.name, run, describe(exc)) from None
-        finally:
-            process.close()
+        async with self._lease(target) as conn:
+            was_sent, run.sent = run.sent, True  # the exec may reach the host from here on
+            run.attempts += 1
+            try:
+                process = await conn.create_process(
+                    run.command,
+                    stdin=asyncssh.PIPE,
+                    stdout=asyncssh.PIPE,
+                    stderr=asyncssh.PIPE,
+                    encoding="utf-8",
+                    errors="replace",
+                )
+            except asyncssh.ChannelOpenError as exc:
+                run.sent = was_sent  # refused before the exec request
+                if not was_sent:
+                    raise self._error(
+                        target.name,
+                        f"could not start {run.shown!r}: {describe(exc)}; it did not run",
+                    ) from None
+                raise self._detached(target.name, run, describe(exc)) from None
+            except (asyncssh.Error, OSError) as exc:
+                raise self._detached(target.name, run, describe(exc)) from None
+            try:
+                process.stdin.write(run.script)
+                process.stdin.write_eof()
+                output, errors = await asyncio.gather(process.stdout.read(), process.stderr.read())
+                await process.wait_closed()
+            except (asyncssh.Error, OSError) as exc:
+                raise self._detached(target.name, run, describe(exc)) from None
+            finally:
+                process.close()
+            closed = conn.is_closed()
         ending = supervise.parse_ending(errors)
         if ending is None:
-            why = "connection closed" if conn.is_closed() else "its supervisor did not answer"
+            why = "connection closed" if closed else "its supervisor did not answer"
             raise self._detached(target.name, run, why)
         if ending.diagnostics:
             _log.warning("supervisor said", host=target.name, text=self._redact(errors))
@@ -186,9 +190,9 @@ class Follower:
 
     async def call(self, target: HostTarget, command: str) -> tuple[int, str, str]:
         """A short helper script of our own: exit status, stdout, stderr."""
-        conn = await self._connect(target)
         try:
-            result = await conn.run(command, stdin=asyncssh.DEVNULL, encoding="utf-8")
+            async with self._lease(target) as conn:
+                result = await conn.run(command, stdin=asyncssh.DEVNULL, encoding="utf-8")
         except (asyncssh.Error, OSError) as exc:
             raise self._error(
                 target.name, f"connection lost: {describe(exc)}", may_still_run=True

@@ -4,7 +4,12 @@ What a caller can rely on:
 
 * host keys are checked against the host's known_hosts file (unless the
   inventory turned that off for a lab); a mismatch is a `HostKeyError` and is
-  never retried;
+  never retried (`orchestrator.transport.dial`);
+* at most `max_connections` connections are open at once (a `ConnectionLimit`,
+  shared by every pool of a daemon; `orchestrator.transport.slots`): a host
+  beyond it waits until the least recently used idle connection is closed or
+  one is free; a connection in use is never closed under its user, and
+  `release(host)` closes a host's connection once its work is done;
 * opening a connection is retried by `retry.connect_policy`; a command is
   never retried: a connection lost while it ran raises `TransportError`
   saying it may have run (``may_still_run=True``);
@@ -29,7 +34,6 @@ socket on the host (HAProxy's runtime API) through SSH stream forwarding.
 from __future__ import annotations
 
 import asyncio
-import os
 import posixpath
 import secrets as token
 import shlex
@@ -44,28 +48,25 @@ from typing import Self
 
 import asyncssh
 import structlog
-from tenacity import RetryError
 
-from orchestrator.errors import HostKeyError, PermanentTransportError, TransportError
+from orchestrator.errors import TransportError
 from orchestrator.model import HostTarget
-from orchestrator.retry import Sleep, connect_policy
 from orchestrator.secrets import SecretStore
 from orchestrator.templating import SECRET_MARKER
 from orchestrator.transport import supervise
+from orchestrator.transport.dial import KEEPALIVE_COUNT_MAX, Dialer
 from orchestrator.transport.follow import KILL_GRACE, Follower, Run
 from orchestrator.transport.follow import describe as _describe
+from orchestrator.transport.slots import ConnectionLimit, HostConnections
 from orchestrator.transport.supervise import Ending
+
+__all__ = ["KEEPALIVE_COUNT_MAX", "CommandResult", "ConnectionLimit", "SSHPool"]
 
 MAX_OUTPUT_CHARS = 64 * 1024
 MAX_OUTPUT_LINES = 200
 READ_CHUNK = 64 * 1024
 # the records of commands supervised only to keep a secret off the command line
 ADHOC = "adhoc"
-DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
-# unanswered keepalives before a silent peer counts as gone: asyncssh drops
-# the connection at the (count + 1)-th silent `keepalive_interval`, so the
-# default 5 s interval finds a half-open connection within 15 s
-KEEPALIVE_COUNT_MAX = 2
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
 
@@ -134,35 +135,6 @@ class _Tail:
                 self._chars -= excess
 
 
-# Curve25519 first: the post-quantum hybrids asyncssh prefers by default cost
-# several times more CPU per handshake, which dominates preflight of a large
-# fleet on a small orchestrator host. The rest stay as fallbacks.
-KEX_PREFERENCE = [
-    "curve25519-sha256",
-    "curve25519-sha256@libssh.org",
-    "ecdh-sha2-nistp256",
-    "ecdh-sha2-nistp384",
-    "ecdh-sha2-nistp521",
-    "diffie-hellman-group16-sha512",
-    "diffie-hellman-group14-sha256",
-]
-
-
-# AES-GCM first: hardware-accelerated through `cryptography`, where
-# chacha20-poly1305 costs a Python-level call per packet in asyncssh.
-CIPHER_PREFERENCE = [
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-    "aes128-ctr",
-    "aes256-ctr",
-]
-
-
-def _known_hosts(target: HostTarget) -> str:
-    return os.path.expanduser(target.known_hosts or DEFAULT_KNOWN_HOSTS)
-
-
 def _sudo(command: str) -> str:
     return f"sudo -n sh -c {shlex.quote(command)}"
 
@@ -196,7 +168,8 @@ def _needs_watchdog(conn: asyncssh.SSHClientConnection) -> bool:
 
 
 class SSHPool:
-    """One lazily opened, shared SSH connection per host; replaced when it drops."""
+    """One lazily opened, shared SSH connection per host, within a `ConnectionLimit`;
+    replaced when it drops."""
 
     def __init__(
         self,
@@ -204,18 +177,16 @@ class SSHPool:
         secrets: SecretStore | None = None,
         *,
         policy_sleep: Callable[[float], Awaitable[None]] | None = None,
+        limit: ConnectionLimit | None = None,
     ) -> None:
         self._targets = {host.name: host for host in hosts}
         self._secrets = secrets if secrets is not None else SecretStore((), {})
-        self._policy_sleep: Sleep | None = policy_sleep
-        self._conns: dict[str, asyncssh.SSHClientConnection] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._parsed_known_hosts: dict[str, asyncssh.SSHKnownHosts] = {}
-        self._parsed_keys: dict[str, asyncssh.SSHKey] = {}
+        self._conns = HostConnections(limit or ConnectionLimit(), Dialer(), policy_sleep)
+        self._lease = self._conns.lease
         # per host: (chain, record) of supervised runs whose result was
         # returned; removed on the host by its next supervised command
         self._returned: dict[str, list[tuple[str, str]]] = {}
-        self._follower = Follower(self._connection, self._error, self._secrets.redact, policy_sleep)
+        self._follower = Follower(self._lease, self._error, self._secrets.redact, policy_sleep)
         # called before anything that changes a host: raises to forbid it (a
         # daemon whose leader lease has run out must not act on hosts)
         self.gate: Callable[[], None] | None = None
@@ -239,7 +210,18 @@ class SSHPool:
 
     async def connect(self, host: str) -> None:
         """Preflight: the host is reachable and presents the key we know, or this raises."""
-        await self._connection(self.target(host))
+        async with self._lease(self.target(host)):
+            pass
+
+    def release(self, host: str) -> None:
+        """The host's work in its phase is done: close its connection once idle.
+
+        A later call for the host opens a new one."""
+        self._conns.release(host)
+
+    @property
+    def limit(self) -> ConnectionLimit:
+        return self._conns.limit
 
     async def run(
         self,
@@ -279,10 +261,25 @@ class SSHPool:
     ) -> CommandResult:
         """The command itself as the exec: health checks, probes, reads."""
         target = self.target(host)
+        async with self._lease(target) as conn:
+            return await self._exec(
+                conn, target, command, timeout=timeout, become=become, on_line=on_line
+            )
+
+    async def _exec(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        target: HostTarget,
+        command: str,
+        *,
+        timeout: float | None,
+        become: bool,
+        on_line: Callable[[str], None] | None,
+    ) -> CommandResult:
+        host = target.name
         shown, sent = command, self._secrets.substitute(command)
         limit = target.command_timeout if timeout is None else timeout
         log = _log.bind(host=host)
-        conn = await self._connection(target)
         watchdog = _needs_watchdog(conn)
         if watchdog:
             sent = _watchdog(sent)
@@ -371,21 +368,21 @@ class SSHPool:
 
     async def read_file(self, host: str, path: str) -> str | None:
         """The text of a remote file, or None if it does not exist."""
-        conn = await self._connection(self.target(host))
-        try:
-            async with conn.start_sftp_client() as sftp:
-                try:
-                    async with sftp.open(path, "r", encoding="utf-8") as file:
-                        data = await file.read()
-                except asyncssh.SFTPNoSuchFile:
-                    return None
-        except UnicodeDecodeError:
-            # replacing bad bytes would corrupt the file when it is written back
-            raise self._error(host, f"sftp: {path} is not UTF-8 text") from None
-        except asyncssh.SFTPError as exc:
-            raise self._error(host, f"sftp: cannot read {path}: {_describe(exc)}") from None
-        except (asyncssh.Error, OSError) as exc:
-            raise self._lost(host, f"read {path}", exc) from None
+        async with self._lease(self.target(host)) as conn:
+            try:
+                async with conn.start_sftp_client() as sftp:
+                    try:
+                        async with sftp.open(path, "r", encoding="utf-8") as file:
+                            data = await file.read()
+                    except asyncssh.SFTPNoSuchFile:
+                        return None
+            except UnicodeDecodeError:
+                # replacing bad bytes would corrupt the file when it is written back
+                raise self._error(host, f"sftp: {path} is not UTF-8 text") from None
+            except asyncssh.SFTPError as exc:
+                raise self._error(host, f"sftp: cannot read {path}: {_describe(exc)}") from None
+            except (asyncssh.Error, OSError) as exc:
+                raise self._lost(host, f"read {path}", exc) from None
         return data if isinstance(data, str) else data.decode("utf-8", "replace")
 
     async def write_file(self, host: str, path: str, text: str) -> None:
@@ -395,45 +392,45 @@ class SSHPool:
         """
         if self.gate is not None:
             self.gate()
-        conn = await self._connection(self.target(host))
-        parent, name = posixpath.split(path)
-        temporary = posixpath.join(parent, f".{name}.{token.token_hex(4)}.tmp")
-        try:
-            async with conn.start_sftp_client() as sftp:
-                if parent:
-                    await sftp.makedirs(parent, exist_ok=True)
-                mode: int | None = None
-                with suppress(asyncssh.SFTPNoSuchFile):
-                    mode = (await sftp.stat(path)).permissions
-                try:
-                    async with sftp.open(temporary, "w", encoding="utf-8") as file:
-                        await file.write(text)
-                    if mode is not None:
-                        await sftp.chmod(temporary, mode & 0o7777)
-                    await sftp.posix_rename(temporary, path)
-                except asyncssh.SFTPError:
-                    with suppress(asyncssh.SFTPError):
-                        await sftp.remove(temporary)
-                    raise
-        except asyncssh.SFTPError as exc:
-            raise self._error(host, f"sftp: cannot write {path}: {_describe(exc)}") from None
-        except (asyncssh.Error, OSError) as exc:
-            raise self._lost(host, f"write {path}", exc) from None
+        async with self._lease(self.target(host)) as conn:
+            parent, name = posixpath.split(path)
+            temporary = posixpath.join(parent, f".{name}.{token.token_hex(4)}.tmp")
+            try:
+                async with conn.start_sftp_client() as sftp:
+                    if parent:
+                        await sftp.makedirs(parent, exist_ok=True)
+                    mode: int | None = None
+                    with suppress(asyncssh.SFTPNoSuchFile):
+                        mode = (await sftp.stat(path)).permissions
+                    try:
+                        async with sftp.open(temporary, "w", encoding="utf-8") as file:
+                            await file.write(text)
+                        if mode is not None:
+                            await sftp.chmod(temporary, mode & 0o7777)
+                        await sftp.posix_rename(temporary, path)
+                    except asyncssh.SFTPError:
+                        with suppress(asyncssh.SFTPError):
+                            await sftp.remove(temporary)
+                        raise
+            except asyncssh.SFTPError as exc:
+                raise self._error(host, f"sftp: cannot write {path}: {_describe(exc)}") from None
+            except (asyncssh.Error, OSError) as exc:
+                raise self._lost(host, f"write {path}", exc) from None
         _log.info("file written", host=host, path=path, chars=len(text))
 
     async def remove_file(self, host: str, path: str) -> None:
         """Remove a remote file; one that is already gone is fine."""
         if self.gate is not None:
             self.gate()
-        conn = await self._connection(self.target(host))
-        try:
-            async with conn.start_sftp_client() as sftp:
-                with suppress(asyncssh.SFTPNoSuchFile):
-                    await sftp.remove(path)
-        except asyncssh.SFTPError as exc:
-            raise self._error(host, f"sftp: cannot remove {path}: {_describe(exc)}") from None
-        except (asyncssh.Error, OSError) as exc:
-            raise self._lost(host, f"remove {path}", exc) from None
+        async with self._lease(self.target(host)) as conn:
+            try:
+                async with conn.start_sftp_client() as sftp:
+                    with suppress(asyncssh.SFTPNoSuchFile):
+                        await sftp.remove(path)
+            except asyncssh.SFTPError as exc:
+                raise self._error(host, f"sftp: cannot remove {path}: {_describe(exc)}") from None
+            except (asyncssh.Error, OSError) as exc:
+                raise self._lost(host, f"remove {path}", exc) from None
         _log.info("file removed", host=host, path=path)
 
     async def unix_request(
@@ -451,35 +448,30 @@ class SSHPool:
         """
         target = self.target(host)
         limit = target.command_timeout if timeout is None else timeout
-        conn = await self._connection(target)
-        try:
-            reader, writer = await conn.open_unix_connection(path, encoding="utf-8")
-        except asyncssh.ChannelOpenError as exc:
-            raise self._error(host, f"cannot open socket {path}: {_describe(exc)}") from None
-        except (asyncssh.Error, OSError) as exc:
-            raise self._lost(host, f"open {path}", exc) from None
-        try:
-            async with asyncio.timeout(limit):
-                writer.write(request.rstrip("\n") + "\n")
-                writer.write_eof()
-                reply: str = await reader.read()
-        except TimeoutError:
-            raise self._error(host, f"socket {path}: no reply within {limit:g} s") from None
-        except (asyncssh.Error, OSError) as exc:
-            raise self._lost(host, f"request to {path}", exc) from None
-        finally:
-            writer.close()
+        async with self._lease(target) as conn:
+            try:
+                reader, writer = await conn.open_unix_connection(path, encoding="utf-8")
+            except asyncssh.ChannelOpenError as exc:
+                raise self._error(host, f"cannot open socket {path}: {_describe(exc)}") from None
+            except (asyncssh.Error, OSError) as exc:
+                raise self._lost(host, f"open {path}", exc) from None
+            try:
+                async with asyncio.timeout(limit):
+                    writer.write(request.rstrip("\n") + "\n")
+                    writer.write_eof()
+                    reply: str = await reader.read()
+            except TimeoutError:
+                raise self._error(host, f"socket {path}: no reply within {limit:g} s") from None
+            except (asyncssh.Error, OSError) as exc:
+                raise self._lost(host, f"request to {path}", exc) from None
+            finally:
+                writer.close()
         _log.info("socket request", host=host, path=path, request=self._secrets.redact(request))
         return self._secrets.redact(reply)
 
     async def close(self) -> None:
         await self._follower.close()
-        conns = list(self._conns.values())
-        self._conns.clear()
-        for conn in conns:
-            conn.close()
-        for conn in conns:
-            await conn.wait_closed()
+        await self._conns.close()
 
     # --- supervised commands ---------------------------------------------------
 
@@ -571,111 +563,6 @@ class SSHPool:
             timed_out=timed_out,
             reason=self._secrets.redact(reason) if reason else None,
         )
-
-    # --- connections ---------------------------------------------------------
-
-    async def _connection(self, target: HostTarget) -> asyncssh.SSHClientConnection:
-        conn = self._conns.get(target.name)
-        if conn is not None and not conn.is_closed():
-            return conn
-        async with self._locks.setdefault(target.name, asyncio.Lock()):
-            conn = self._conns.get(target.name)
-            if conn is not None and not conn.is_closed():
-                return conn  # another task connected while we waited
-            self._conns.pop(target.name, None)
-            conn = await self._connect(target)
-            self._conns[target.name] = conn
-            return conn
-
-    async def _connect(self, target: HostTarget) -> asyncssh.SSHClientConnection:
-        where = f"{target.address}:{target.port}"
-        options = self._options(target, where)
-        log = _log.bind(host=target.name)
-        try:
-            conn: asyncssh.SSHClientConnection = await connect_policy(self._policy_sleep)(
-                self._open, target, where, options
-            )
-        except PermanentTransportError as exc:
-            raise exc.error from None
-        except RetryError as exc:
-            attempt = exc.last_attempt
-            cause = attempt.exception()
-            reason = cause.reason if isinstance(cause, TransportError) else str(cause)
-            log.error("connect failed", address=where, attempts=attempt.attempt_number)
-            raise TransportError(
-                target.name, f"gave up after {attempt.attempt_number} attempts: {reason}"
-            ) from cause
-        log.info("connected", address=where, host_key_verified=target.verify_host_keys)
-        return conn
-
-    def _options(self, target: HostTarget, where: str) -> asyncssh.SSHClientConnectionOptions:
-        """Read the key and known_hosts once, outside the retries: a bad file is not transient."""
-        known_hosts: asyncssh.SSHKnownHosts | None = None
-        if target.verify_host_keys:
-            path = _known_hosts(target)
-            try:
-                # parsed once per pool: a fleet shares one known_hosts file, and
-                # re-parsing N keys for each of N hosts made preflight O(N^2)
-                known_hosts = self._parsed_known_hosts.get(path)
-                if known_hosts is None:
-                    known_hosts = self._parsed_known_hosts[path] = asyncssh.read_known_hosts(path)
-            except (OSError, ValueError) as exc:
-                raise HostKeyError(
-                    target.name, f"{where}: cannot read known_hosts {path}: {_describe(exc)}"
-                ) from None
-        client_keys: list[asyncssh.SSHKey] | None = None
-        if target.key is not None:
-            key = os.path.expanduser(target.key)
-            try:
-                if key not in self._parsed_keys:
-                    self._parsed_keys[key] = asyncssh.read_private_key(key)
-                client_keys = [self._parsed_keys[key]]
-            except (OSError, asyncssh.KeyImportError) as exc:
-                raise TransportError(
-                    target.name, f"cannot read SSH key {key}: {_describe(exc)}"
-                ) from None
-        extra: dict[str, object] = {}
-        if client_keys is not None:
-            extra = {"client_keys": client_keys, "agent_path": None}
-        return asyncssh.SSHClientConnectionOptions(
-            username=target.user,
-            known_hosts=known_hosts,
-            connect_timeout=target.connect_timeout,
-            login_timeout=target.connect_timeout,
-            keepalive_interval=target.keepalive_interval,
-            keepalive_count_max=KEEPALIVE_COUNT_MAX,
-            config=[],
-            kex_algs=KEX_PREFERENCE,
-            encryption_algs=CIPHER_PREFERENCE,
-            **extra,
-        )
-
-    async def _open(
-        self, target: HostTarget, where: str, options: asyncssh.SSHClientConnectionOptions
-    ) -> asyncssh.SSHClientConnection:
-        """One connection attempt; raises `TransportError` for the policy to judge."""
-        try:
-            return await asyncssh.connect(target.address, target.port, options=options)
-        except asyncssh.HostKeyNotVerifiable as exc:
-            raise HostKeyError(
-                target.name,
-                f"{where}: host key does not match known_hosts {_known_hosts(target)} "
-                f"({_describe(exc)}); "
-                "if the host was reinstalled, update known_hosts after checking its key",
-            ) from None
-        except asyncssh.PermissionDenied as exc:
-            raise PermanentTransportError(
-                TransportError(
-                    target.name,
-                    f"{where}: authentication as {target.user!r} failed: {_describe(exc)}",
-                )
-            ) from None
-        except TimeoutError:
-            raise TransportError(
-                target.name, f"{where}: connect timed out after {target.connect_timeout:g} s"
-            ) from None
-        except (asyncssh.Error, OSError) as exc:
-            raise TransportError(target.name, f"{where}: {_describe(exc)}") from None
 
     def _lost(
         self, host: str, what: str, exc: BaseException, *, command: bool = False
