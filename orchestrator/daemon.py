@@ -27,18 +27,21 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
-from orchestrator import sdnotify, statedir
+from orchestrator import model, sdnotify, statedir
 from orchestrator.api import keys
 from orchestrator.api.app import AccessLogger, make_app
 from orchestrator.api.endpoint import ADDRESS_FILE, DEFAULT_LISTEN, JOURNAL_FILE, TOKEN_FILE
 from orchestrator.api.limits import Guard
 from orchestrator.api.metrics import Metrics
 from orchestrator.daemonconfig import load_config
-from orchestrator.engine.manager import UpgradeManager
+from orchestrator.engine.manager import RemoteFactory, UpgradeManager
 from orchestrator.errors import UsageError
+from orchestrator.secrets import SecretStore
 from orchestrator.store.base import Store
 from orchestrator.store.journal import Journal
 from orchestrator.store.role import LeaseSettings
+from orchestrator.transport.slots import ConnectionLimit, check_max_connections
+from orchestrator.transport.ssh import SSHPool
 
 if TYPE_CHECKING:
     from orchestrator.peers import Peer
@@ -66,6 +69,8 @@ class ServeConfig:
     lease: LeaseSettings = field(default_factory=LeaseSettings)
     # the URL peers send clients to while this daemon leads (default: the listen address)
     advertise: str | None = None
+    # SSH connections open at once (default: the config file's ssh.max_connections)
+    ssh_max_connections: int | None = None
 
     @property
     def token_path(self) -> Path:
@@ -132,6 +137,11 @@ async def serve(config: ServeConfig) -> int:
             "state directory"
         )
     settings = load_config(config.config_file)
+    ssh_limit = ConnectionLimit(
+        settings.ssh.max_connections
+        if config.ssh_max_connections is None
+        else check_max_connections(config.ssh_max_connections, "--ssh-max-connections")
+    )
     statedir.prepare(config.state_dir)
     with bound_socket(config.listen) as sock, statedir.lock(config.state_dir):
         token = statedir.load_or_create_token(config.token_path)
@@ -139,7 +149,10 @@ async def serve(config: ServeConfig) -> int:
         address = config.advertise or _url(sock.getsockname(), context is not None)
         async with _store(config, address) as (journal, peer):
             manager = UpgradeManager(
-                journal, on_event=metrics.observe, gate=peer.gate if peer else None
+                journal,
+                remote_factory=ssh_pools(ssh_limit),
+                on_event=metrics.observe,
+                gate=peer.gate if peer else None,
             )
             if peer is not None:
                 peer.attach(manager)
@@ -157,6 +170,15 @@ async def serve(config: ServeConfig) -> int:
             await _run(app, manager, config, context=context, sock=sock, guard=guard, peer=peer)
     log.info("stopped")
     return 0
+
+
+def ssh_pools(limit: ConnectionLimit) -> RemoteFactory:
+    """An SSH pool per upgrade, every one within the daemon's one connection limit."""
+
+    def pool(plan: model.Plan, secrets: SecretStore) -> SSHPool:
+        return SSHPool(plan.hosts, secrets, limit=limit)
+
+    return pool
 
 
 def _scheme(url: str) -> str:

@@ -15,6 +15,8 @@ limits:
   header_timeout: 10s        # a request's headers must arrive within this
   body_timeout: 60s          # and its body within this
   streams_per_token: 16      # open event streams per token
+ssh:
+  max_connections: 256       # SSH connections open at once, every upgrade together
 ```
 
 `orchestrator token new NAME --role ROLE` prints a fresh token and its line.
@@ -26,12 +28,13 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictInt, field_validator
 
 from orchestrator.access import DEFAULT_NAME, Role, Token, Tokens
 from orchestrator.errors import InputError, Problem
 from orchestrator.fields import STRICT, Duration
 from orchestrator.source import Document, load_file, validate
+from orchestrator.transport.slots import DEFAULT_MAX_CONNECTIONS
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -72,11 +75,19 @@ class Limits(BaseModel):
     streams_per_token: int = Field(16, ge=1)
 
 
+class SSHLimits(BaseModel):
+    model_config = STRICT
+    # each is a file descriptor: beyond it, idle connections (least recently
+    # used first) are closed, or a host waits for one to close
+    max_connections: StrictInt = Field(DEFAULT_MAX_CONNECTIONS, ge=1)
+
+
 class DaemonConfig(BaseModel):
     model_config = STRICT
     tokens: dict[str, TokenEntry] = {}
     secrets: SecretSources = SecretSources()
     limits: Limits = Limits()
+    ssh: SSHLimits = SSHLimits()
 
     @field_validator("tokens")
     @classmethod

@@ -33,3 +33,11 @@ class RunRecords(Protocol):
     """A transport that keeps supervised runs' records on the hosts."""
 
     async def forget_runs(self, host: str, upgrade_id: str) -> int: ...
+
+
+@runtime_checkable
+class HoldsConnections(Protocol):
+    """A transport that keeps connections open between calls (a bounded number)."""
+
+    def release(self, host: str) -> None:
+        """The host's work in its phase is done: its connection may close."""

@@ -19,7 +19,7 @@ from orchestrator import events, model
 from orchestrator.actions.config import apply_config, read_previous
 from orchestrator.actions.drain import Drainer
 from orchestrator.actions.health import Checker, HealthProgress
-from orchestrator.actions.remote import Remote
+from orchestrator.actions.remote import HoldsConnections, Remote
 from orchestrator.actions.run import RunOutcome, run_action
 from orchestrator.engine.states import (
     CLEANUP_TRANSITIONS,
@@ -159,6 +159,9 @@ class HostRunner:
                 return False
             finally:
                 await self._cleanup()
+                if isinstance(self.engine.remote, HoldsConnections):
+                    # done with it in this phase: its connection need not stay open
+                    self.engine.remote.release(self.name)
 
     async def _forward(self) -> None:
         view, engine = self.view, self.engine

@@ -18,9 +18,9 @@ import structlog
 from orchestrator import events, model
 from orchestrator.actions.drain import Drainer, RuntimeAPI
 from orchestrator.actions.health import Checker, HealthProgress
-from orchestrator.actions.remote import Remote, RunRecords
+from orchestrator.actions.remote import HoldsConnections, Remote, RunRecords
 from orchestrator.engine.host import HostRunner
-from orchestrator.engine.preflight import nothing_left, probe_hosts
+from orchestrator.engine.preflight import PREFLIGHT_CONCURRENCY, nothing_left, probe_hosts
 from orchestrator.engine.rollback import after_cancel, rollback_all
 from orchestrator.engine.states import (
     HOST_TRANSITIONS,
@@ -386,8 +386,11 @@ class Engine:
                 raise
 
     async def _forget_runs(self) -> None:
-        """At an end state, remove this upgrade's run records from its hosts."""
-        if not isinstance(self.remote, RunRecords):
+        """At an end state, remove this upgrade's run records from its hosts,
+        as many hosts at once as preflight reaches (their connections were
+        closed at their phases' ends: each is a handshake again)."""
+        remote = self.remote
+        if not isinstance(remote, RunRecords):
             return
         ran = {
             hv.name
@@ -395,14 +398,24 @@ class Engine:
             for hv in pview.hosts.values()
             if any(sv.run_id is not None for sv in hv.steps.values())
         }
-        for host in sorted(ran):
+        handshakes = asyncio.Semaphore(PREFLIGHT_CONCURRENCY)
+
+        async def forget(host: str) -> None:
             try:
-                kept = await self.remote.forget_runs(host, self.id)
+                async with handshakes:
+                    kept = await remote.forget_runs(host, self.id)
             except (OrchestratorError, OSError) as exc:
                 log.warning("run records not removed", host=host, error=str(exc))
-                continue
+                return
+            finally:
+                if isinstance(remote, HoldsConnections):
+                    remote.release(host)
             if kept:
                 log.warning("run records kept: their commands still run", host=host, kept=kept)
+
+        async with asyncio.TaskGroup() as group:
+            for host in sorted(ran):
+                group.create_task(forget(host))
 
     async def _run(self) -> UpgradeState:
         view = self.view
