@@ -18,10 +18,12 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+
+from rich.console import Console
 
 from orchestrator.api.endpoint import ADDRESS_FILE, TOKEN_FILE
 from orchestrator.client import Client, Endpoint, watch
@@ -83,14 +85,13 @@ async def running_daemon(state_dir: Path) -> AsyncIterator[Daemon]:
                 await process.wait()
 
 
-async def _approve_when_asked(client: Client, upgrade_id: str, out: TextIO) -> None:
+async def _approve_when_asked(client: Client, upgrade_id: str, say: Callable[[str], None]) -> None:
     while True:
         doc = await client.status(upgrade_id)
         if doc["terminal"]:
             return
         if doc["state"] == "waiting_approval":
-            out.write(f"demo: approving ({doc['reason']})\n")
-            out.flush()
+            say(f"demo: approved the point of no return ({doc['reason']})")
             await client.control(upgrade_id, "approve")
         await asyncio.sleep(0.5)
 
@@ -151,15 +152,26 @@ async def run_demo(
                     )
                     upgrade_id = answer["id"]
                     chatter.write(f"demo: submitted upgrade {upgrade_id}\n")
-                    approver = asyncio.create_task(_approve_when_asked(client, upgrade_id, chatter))
+                    # a line written under the live view would shift it and leave a
+                    # stale title above it: what the demo says waits for its end
+                    live = not as_json and Console(file=chatter).is_terminal
+                    held: list[str] = []
+
+                    def say(line: str) -> None:
+                        if live:
+                            held.append(line)
+                        else:
+                            chatter.write(line + "\n")
+                            chatter.flush()
+
+                    approver = asyncio.create_task(_approve_when_asked(client, upgrade_id, say))
                     try:
-                        doc = await watch(
-                            client, upgrade_id, chatter, live=None if not as_json else False
-                        )
+                        doc = await watch(client, upgrade_id, chatter, live=live)
                     finally:
                         approver.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await approver
+                        chatter.write("".join(line + "\n" for line in held))
                     await asyncio.sleep(1.0)  # a last second of traffic on the final fleet
                 report = load.report()
                 duration = time.monotonic() - started

@@ -46,7 +46,7 @@ async def test_demo_json_summary_says_n_requests_0_failed() -> None:
     assert len(summary["versions"]) == 7  # 2 conductors, 2 APIs, 3 computes
     assert not summary["old_column_present"]
     assert summary["pin_drift"] == {}  # every service runs the pin its config has
-    assert "demo: approving" in err.decode()  # the point of no return was approved over HTTP
+    assert "demo: approved the point of no return" in err.decode()  # over HTTP
     assert re.fullmatch(r"succeeded in \d+ s, 7/7 hosts at 2\.0", summary["verdict"])
     assert summary["first_failure"] is None
 

@@ -104,6 +104,11 @@ async def test_a_healthy_run_ends_with_its_verdict(terminal: Terminal) -> None:
     assert "hosts 7/7 through every phase (done 7)" in screen, end
     assert "contract-db (point of no return)" in screen
     assert "first failure" not in screen
+    # one title: the demo's own words while the view is live (its approval)
+    # once left the view a line off, and a stale "waiting_approval" title above
+    titles = [line for line in screen.splitlines() if re.match(r"upgrade u\S+: ", line)]
+    assert len(titles) == 1, end
+    assert "demo: approved the point of no return" in screen, end
 
 
 @pytest.mark.timeout(400)
