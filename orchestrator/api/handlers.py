@@ -19,7 +19,7 @@ from orchestrator.api.metrics import CONTENT_TYPE
 from orchestrator.api.openapi import IDEMPOTENCY_KEY_PATTERN, SPEC
 from orchestrator.daemonconfig import SecretSources
 from orchestrator.engine.manager import Upgrade
-from orchestrator.engine.status import status_document, summary
+from orchestrator.engine.status import summary
 from orchestrator.errors import ConflictError, UsageError
 from orchestrator.pipeline import Source
 from orchestrator.plan import Options
@@ -150,20 +150,8 @@ async def submit(request: web.Request) -> web.Response:
 
 
 async def get_upgrade(request: web.Request) -> web.Response:
-    up = request.app[keys.MANAGER].get(request.match_info["id"])
-    cache = request.app[keys.STATUS_CACHE]
-    stalled = up.engine.stalled if up.engine is not None else None
-    cached = cache.get(up.id)
-    changes = up.engine.live_changes if up.engine is not None else 0
-    key = (up.view.last_seq, stalled, changes)
-    if cached is None or cached[0] != key:
-        past = request.app[keys.MANAGER].history(up.plan.name)
-        health = up.engine.live_health if up.engine is not None else None
-        doc = status_document(up.id, up.plan, up.view, up.digest, past=past, health=health)
-        doc["stalled"] = stalled  # not journaled: the journal is what fails
-        cached = (key, json.dumps(doc, separators=(",", ":")).encode())
-        cache[up.id] = cached
-    return web.Response(body=cached[1], content_type="application/json")
+    body = request.app[keys.MANAGER].status_json(request.match_info["id"])
+    return web.Response(body=body, content_type="application/json")
 
 
 async def get_plan(request: web.Request) -> web.Response:

@@ -15,13 +15,13 @@ import json
 import sqlite3
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import model
 from orchestrator.engine.states import HostState, PhaseState, UpgradeState
-from orchestrator.engine.view import UpgradeView
+from orchestrator.engine.view import PhaseView, UpgradeView
 from orchestrator.store.base import Event
 
 FINISHED = (HostState.DONE, HostState.SKIPPED, HostState.FAILED, HostState.ROLLED_BACK)
@@ -49,16 +49,53 @@ def history(runs: Iterable[tuple[model.Plan, UpgradeView]], playbook: str) -> Hi
     return History({name: statistics.fmean(v) for name, v in samples.items()}, count)
 
 
+@dataclass(frozen=True, slots=True)
+class BatchClock:
+    """What the critical path needs of one batch: whether a host in it has
+    all of its phase left (`waiting`), and the latest start among the hosts
+    at work in it (None: none is)."""
+
+    waiting: bool
+    latest: float | None
+
+    @classmethod
+    def of(cls, batch: model.Batch, pv: PhaseView | None) -> BatchClock:
+        waiting = False
+        latest: float | None = None
+        for hp in batch.hosts:
+            hv = pv.hosts.get(hp.host) if pv is not None else None
+            if hv is None or hv.state is HostState.PENDING:
+                waiting = True
+            elif hv.state in FINISHED:
+                continue
+            elif not hv.started_at:  # at work, its start unknown: all of it left
+                waiting = True
+            elif latest is None or hv.started_at > latest:
+                latest = hv.started_at
+        return cls(waiting, latest)
+
+    def left(self, mean: float, clock: float) -> float:
+        """Seconds until its slowest host is done: of the hosts at work, the one
+        that started last has the most left (rounded subtraction keeps the order)."""
+        slowest = max(0.0, mean) if self.waiting else 0.0
+        if self.latest is not None:
+            slowest = max(slowest, mean - (clock - self.latest))  # slowest >= 0
+        return slowest
+
+
 def critical_path(
     plan: model.Plan,
     past: History,
     view: UpgradeView | None = None,
     now: float | None = None,
+    clocks: Callable[[int, int], BatchClock] | None = None,
 ) -> float | None:
-    """Seconds left along the critical path (all of it without a `view`)."""
+    """Seconds left along the critical path (all of it without a `view`);
+    `clocks`: (phase index, batch index) -> its BatchClock, when the caller
+    keeps them (the live status does), instead of reading every host."""
     clock = time.time() if now is None else now
     total = 0.0
-    for phase in plan.phases:
+    for i, phase in enumerate(plan.phases):
         pv = view.phases.get(phase.name) if view is not None else None
         if pv is not None and pv.state in (PhaseState.DONE, PhaseState.ROLLED_BACK):
             continue
@@ -67,19 +104,34 @@ def critical_path(
             if phase.host_count == 0:
                 continue
             return None
-        for batch in phase.batches:
-            slowest = 0.0
-            for hp in batch.hosts:
-                hv = pv.hosts.get(hp.host) if pv is not None else None
-                if hv is None or hv.state is HostState.PENDING:
-                    left = mean
-                elif hv.state in FINISHED:
-                    left = 0.0
-                else:
-                    left = max(0.0, mean - (clock - (hv.started_at or clock)))
-                slowest = max(slowest, left)
-            total += slowest
+        for j, batch in enumerate(phase.batches):
+            batch_clock = clocks(i, j) if clocks is not None else BatchClock.of(batch, pv)
+            total += batch_clock.left(mean, clock)
     return total
+
+
+class Histories:
+    """The history of each playbook, kept: read again only when the set of
+    its successful upgrades changes (one succeeds, or a success is rolled
+    back). `compute` is `history`; tests count its calls."""
+
+    def __init__(
+        self,
+        compute: Callable[[Iterable[tuple[model.Plan, UpgradeView]], str], History] = history,
+    ) -> None:
+        self.compute = compute
+        self._kept: dict[str, tuple[tuple[str, ...], History]] = {}
+
+    def get(self, runs: Iterable[tuple[str, model.Plan, UpgradeView]], playbook: str) -> History:
+        """`runs`: (upgrade id, plan, view) of every upgrade known."""
+        listed = [(uid, plan, view) for uid, plan, view in runs if plan.name == playbook]
+        key = tuple(uid for uid, _, view in listed if view.state is UpgradeState.SUCCEEDED)
+        kept = self._kept.get(playbook)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        past = self.compute(((plan, view) for _, plan, view in listed), playbook)
+        self._kept[playbook] = (key, past)
+        return past
 
 
 def from_journal(path: Path, playbook: str) -> History:

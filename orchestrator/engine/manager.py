@@ -27,7 +27,8 @@ import structlog
 from orchestrator import model
 from orchestrator.actions.drain import tcp_runtime_api
 from orchestrator.actions.health import Checker
-from orchestrator.engine.eta import History, history
+from orchestrator.engine.eta import Histories, History
+from orchestrator.engine.livestatus import LiveStatus
 from orchestrator.engine.preflight import Earlier, done_by_earlier, nothing_to_do
 from orchestrator.engine.runner import Engine
 from orchestrator.engine.states import UpgradeState
@@ -52,6 +53,8 @@ class Upgrade:
     view: UpgradeView
     engine: Engine | None = None
     pool: SSHPool | None = None
+    # the status document, kept encoded over `view` (made at the first read)
+    live: LiveStatus | None = None
 
 
 def new_id() -> str:
@@ -66,6 +69,7 @@ class UpgradeManager:
         remote_factory: RemoteFactory | None = None,
         on_event: Callable[[str, Event], None] | None = None,
         gate: Callable[[], None] | None = None,
+        histories: Histories | None = None,
     ) -> None:
         self.journal = journal
         self.remote_factory = remote_factory or (lambda plan, store: SSHPool(plan.hosts, store))
@@ -73,6 +77,7 @@ class UpgradeManager:
         # called before every action on a host: raises when this daemon may no longer act
         self.gate = gate
         self.upgrades: dict[str, Upgrade] = {}
+        self.histories = histories or Histories()
         self.session: aiohttp.ClientSession | None = None
         self.leading = True
         self._submit_lock = asyncio.Lock()
@@ -280,8 +285,25 @@ class UpgradeManager:
         }
 
     def history(self, playbook: str) -> History:
-        """How long hosts took per phase in the playbook's earlier upgrades."""
-        return history(((up.plan, up.view) for up in self.upgrades.values()), playbook)
+        """How long hosts took per phase in the playbook's earlier upgrades
+        (read again only once the set of its successful upgrades changed)."""
+        runs = ((up.id, up.plan, up.view) for up in self.upgrades.values())
+        return self.histories.get(runs, playbook)
+
+    def status_json(self, upgrade_id: str) -> bytes:
+        """The status document as JSON: the same bytes object until the next
+        journal event, stall or health round changes it."""
+        up = self.get(upgrade_id)
+        live = up.live
+        if live is None or live.view is not up.view:  # a restart read the view afresh
+            live = up.live = LiveStatus(up.id, up.plan, up.digest, up.view)
+        engine = up.engine
+        return live.document(
+            stalled=engine.stalled if engine is not None else None,
+            health=engine.live_health if engine is not None else None,
+            changes=engine.live_changes if engine is not None else 0,
+            past=self.history(up.plan.name),
+        )
 
     def get(self, upgrade_id: str) -> Upgrade:
         up = self.upgrades.get(upgrade_id)

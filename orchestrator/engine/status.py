@@ -1,28 +1,36 @@
 """The status document of an upgrade: plan structure merged with derived state.
 
-One function builds it for the HTTP API, the CLI and the demo, so they all
-show the same thing: each phase, batch, host and step with its state,
-timestamps, last output lines and error; progress counts; what comes next.
+One set of functions builds it for the HTTP API, the CLI and the demo, so
+they all show the same thing: each phase, batch, host and step with its
+state, timestamps, last output lines and error; progress counts; what comes
+next. `status_document` builds it whole; `orchestrator.engine.livestatus`
+keeps the same document encoded and rebuilds only the parts events changed.
+Both are made of the parts below (`host_row`, `batch_part`, `phase_part`,
+`document_part`), so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from orchestrator import model
 from orchestrator.actions.health import HealthProgress
-from orchestrator.engine.eta import History, critical_path
+from orchestrator.engine.eta import BatchClock, History, critical_path
 from orchestrator.engine.states import HostState, PhaseState, StepState, UpgradeState
-from orchestrator.engine.view import HostView, UpgradeView
+from orchestrator.engine.view import HostView, PhaseView, UpgradeView
 
 FINISHED_HOST = {HostState.DONE, HostState.SKIPPED, HostState.FAILED, HostState.ROLLED_BACK}
+_FINISHED_VALUES = tuple(sorted(s.value for s in FINISHED_HOST))
+# phases whose failed hosts count as tolerated (within the budget, not rolled back)
+_LIVE = (PhaseState.RUNNING, PhaseState.DONE)
 
 
-def _host(
+def host_row(
     hp: model.HostPlan, view: HostView | None, live: bool, health: HealthProgress | None
 ) -> dict[str, Any]:
+    """One host in one batch; `live`: its phase runs or is done."""
     steps = []
     for step in hp.steps:
         sv = view.steps.get(step.id) if view else None
@@ -55,6 +63,51 @@ def _host(
     }
 
 
+def is_live(pv: PhaseView | None) -> bool:
+    """A failed host of this phase is tolerated (the phase runs or is done)."""
+    return pv is not None and pv.state in _LIVE
+
+
+def steps_done(row: Mapping[str, Any]) -> int:
+    return sum(1 for s in row["steps"] if s["state"] == "done")
+
+
+def finished(counts: Mapping[str, int]) -> int:
+    """How many of the hosts counted by state are through with the phase."""
+    return sum(counts.get(state, 0) for state in _FINISHED_VALUES)
+
+
+def batch_part(
+    batch: model.Batch, hosts: list[dict[str, Any]], counts: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "index": batch.index,
+        "zone": batch.zone,
+        "canary": batch.canary,
+        "hosts": hosts,
+        "counts": counts,
+    }
+
+
+def phase_part(
+    phase: model.Phase, pv: PhaseView | None, hosts_finished: int, batches: list[Any]
+) -> dict[str, Any]:
+    return {
+        "name": phase.name,
+        "kind": phase.kind,
+        "roles": list(phase.roles),
+        "state": (pv.state if pv else PhaseState.PENDING).value,
+        "reason": pv.reason if pv else None,
+        "started_at": pv.started_at if pv else None,
+        "finished_at": pv.finished_at if pv else None,
+        "irreversible": phase.irreversible,
+        "approve": phase.approve,
+        "hosts_total": phase.host_count,
+        "hosts_finished": hosts_finished,
+        "batches": batches,
+    }
+
+
 def next_action(plan: model.Plan, view: UpgradeView) -> str:
     state = view.state
     if state is UpgradeState.SUCCEEDED:
@@ -81,21 +134,37 @@ def next_action(plan: model.Plan, view: UpgradeView) -> str:
     return "finishing"
 
 
-def _eta(plan: model.Plan, view: UpgradeView, past: History | None) -> float | None:
+def eta(
+    plan: model.Plan,
+    view: UpgradeView,
+    past: History | None,
+    now: float | None = None,
+    clocks: Callable[[int, int], BatchClock] | None = None,
+) -> float | None:
+    """`eta_s`: seconds left on the critical path, rounded (see `critical_path`)."""
     if view.state.terminal:
         return 0.0
     if past is None:
         return None
-    left = critical_path(plan, past, view)
+    left = critical_path(plan, past, view, now, clocks)
     return None if left is None else round(left, 1)
 
 
-def first_failure(plan: model.Plan, view: UpgradeView) -> dict[str, Any] | None:
-    """The first thing that went wrong, kept to the end (None: nothing did)."""
+def step_names(plan: model.Plan) -> dict[str, str]:
+    """Step id -> its name, over the whole plan."""
+    return {s.id: s.name for p in plan.phases for b in p.batches for h in b.hosts for s in h.steps}
+
+
+def first_failure(
+    plan: model.Plan, view: UpgradeView, names: Mapping[str, str] | None = None
+) -> dict[str, Any] | None:
+    """The first thing that went wrong, kept to the end (None: nothing did);
+    `names`: `step_names(plan)`, when the caller keeps it."""
     failure = view.first_failure
     if failure is None:
         return None
-    names = {s.id: s.name for p in plan.phases for b in p.batches for h in b.hosts for s in h.steps}
+    if names is None:
+        names = step_names(plan)
     step = names.get(failure.step, failure.step) if failure.step else None
     return {
         "what": failure.what,
@@ -122,21 +191,33 @@ def describe_failure(what: str, host: str | None, step: str | None, message: str
     return message
 
 
-def distinct_hosts(plan: model.Plan, view: UpgradeView) -> dict[str, Any]:
-    """Hosts counted once each (not host x phase): how many there are, how
-    many are through every phase they take part in, and each one's state in
-    the latest phase of theirs that has started."""
-    current: dict[str, str] = {}
-    through: dict[str, bool] = {}
+def host_phases(plan: model.Plan) -> dict[str, list[str]]:
+    """Host -> the phases it takes part in, in plan order (hosts in order of appearance)."""
+    places: dict[str, list[str]] = {}
     for phase in plan.phases:
-        pv = view.phases.get(phase.name)
         for batch in phase.batches:
             for hp in batch.hosts:
-                hv = pv.hosts.get(hp.host) if pv else None
-                state = hv.state if hv else HostState.PENDING
-                through[hp.host] = through.get(hp.host, True) and state is HostState.DONE
-                if hv is not None or hp.host not in current:
-                    current[hp.host] = state.value
+                places.setdefault(hp.host, []).append(phase.name)
+    return places
+
+
+def standing(view: UpgradeView, host: str, phases: Iterable[str]) -> tuple[str, bool]:
+    """A host's state in the latest of `phases` (its own) that has started,
+    and whether it is through every one of them."""
+    current: str | None = None
+    through = True
+    for name in phases:
+        pv = view.phases.get(name)
+        hv = pv.hosts.get(host) if pv else None
+        state = hv.state if hv else HostState.PENDING
+        through = through and state is HostState.DONE
+        if hv is not None or current is None:
+            current = state.value
+    assert current is not None, f"host {host} takes part in no phase"
+    return current, through
+
+
+def hosts_part(current: Mapping[str, str], through: Mapping[str, bool]) -> dict[str, Any]:
     return {
         "total": len(current),
         "through": sum(through.values()),
@@ -144,73 +225,50 @@ def distinct_hosts(plan: model.Plan, view: UpgradeView) -> dict[str, Any]:
     }
 
 
-def status_document(
+def distinct_hosts(plan: model.Plan, view: UpgradeView) -> dict[str, Any]:
+    """Hosts counted once each (not host x phase): how many there are, how
+    many are through every phase they take part in, and each one's state in
+    the latest phase of theirs that has started."""
+    current: dict[str, str] = {}
+    through: dict[str, bool] = {}
+    for host, phases in host_phases(plan).items():
+        current[host], through[host] = standing(view, host, phases)
+    return hosts_part(current, through)
+
+
+def progress_part(
+    plan: model.Plan,
+    view: UpgradeView,
+    steps_total: int,
+    done: int,
+    hosts_by_state: Mapping[str, int],
+) -> dict[str, Any]:
+    phases_done = 0
+    for phase in plan.phases:
+        pv = view.phases.get(phase.name)
+        phases_done += pv is not None and pv.state is PhaseState.DONE
+    return {
+        "phases_total": len(plan.phases),
+        "phases_done": phases_done,
+        "steps_total": steps_total,
+        "steps_done": done,
+        "hosts_by_state": dict(hosts_by_state),
+        "fraction": round(done / steps_total, 4) if steps_total else 0.0,
+    }
+
+
+def document_part(
     upgrade_id: str,
     plan: model.Plan,
     view: UpgradeView,
     digest: str,
     *,
-    past: History | None = None,
-    health: Mapping[tuple[str, str], HealthProgress] | None = None,
+    progress: dict[str, Any],
+    eta_s: float | None,
+    hosts: dict[str, Any],
+    failure: dict[str, Any] | None,
+    phases: list[Any],
 ) -> dict[str, Any]:
-    """`past`: earlier upgrades of the playbook, for `eta_s` (None: no estimate);
-    `health`: (phase, host) -> where its health check stands (the engine's)."""
-    checking = health or {}
-    phases = []
-    hosts_by_state: Counter[str] = Counter()
-    steps_total = steps_done = 0
-    for phase in plan.phases:
-        pv = view.phases.get(phase.name)
-        batches = []
-        per_batch: list[list[dict[str, Any]]] = []
-        for batch in phase.batches:
-            live = pv is not None and pv.state in (PhaseState.RUNNING, PhaseState.DONE)
-            hosts = [
-                _host(
-                    hp,
-                    pv.hosts.get(hp.host) if pv else None,
-                    live,
-                    checking.get((phase.name, hp.host)),
-                )
-                for hp in batch.hosts
-            ]
-            for h in hosts:
-                hosts_by_state[h["state"]] += 1
-                steps_total += len(h["steps"])
-                steps_done += sum(1 for s in h["steps"] if s["state"] == "done")
-            per_batch.append(hosts)
-            states = Counter(h["state"] for h in hosts)
-            batches.append(
-                {
-                    "index": batch.index,
-                    "zone": batch.zone,
-                    "canary": batch.canary,
-                    "hosts": hosts,
-                    "counts": dict(states),
-                }
-            )
-        finished = sum(
-            1
-            for host_docs in per_batch
-            for h in host_docs
-            if HostState(h["state"]) in FINISHED_HOST
-        )
-        phases.append(
-            {
-                "name": phase.name,
-                "kind": phase.kind,
-                "roles": list(phase.roles),
-                "state": (pv.state if pv else PhaseState.PENDING).value,
-                "reason": pv.reason if pv else None,
-                "started_at": pv.started_at if pv else None,
-                "finished_at": pv.finished_at if pv else None,
-                "irreversible": phase.irreversible,
-                "approve": phase.approve,
-                "hosts_total": phase.host_count,
-                "hosts_finished": finished,
-                "batches": batches,
-            }
-        )
     return {
         "id": upgrade_id,
         "name": plan.name,
@@ -226,24 +284,69 @@ def status_document(
         "last_event": view.last_seq,
         "point_of_no_return": (p.name if (p := plan.irreversible_phase()) else None),
         "point_of_no_return_passed": view.irreversible_done is not None,
-        "progress": {
-            "phases_total": len(plan.phases),
-            "phases_done": sum(1 for p in phases if p["state"] == "done"),
-            "steps_total": steps_total,
-            "steps_done": steps_done,
-            "hosts_by_state": dict(hosts_by_state),
-            "fraction": round(steps_done / steps_total, 4) if steps_total else 0.0,
-        },
-        "eta_s": _eta(plan, view, past),
+        "progress": progress,
+        "eta_s": eta_s,
         "next": next_action(plan, view),
-        "hosts": distinct_hosts(plan, view),
-        "first_failure": first_failure(plan, view),
+        "hosts": hosts,
+        "first_failure": failure,
         "skipped_hosts": dict(sorted(view.skipped.items())),
         "approvals": [
             {"phase": phase, "by": by, "at": at} for phase, (by, at) in view.approved.items()
         ],
         "phases": phases,
     }
+
+
+def status_document(
+    upgrade_id: str,
+    plan: model.Plan,
+    view: UpgradeView,
+    digest: str,
+    *,
+    past: History | None = None,
+    health: Mapping[tuple[str, str], HealthProgress] | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """`past`: earlier upgrades of the playbook, for `eta_s` (None: no estimate);
+    `health`: (phase, host) -> where its health check stands (the engine's);
+    `now`: the time the estimate counts from (default: the clock's)."""
+    checking = health or {}
+    phases = []
+    hosts_by_state: Counter[str] = Counter()
+    steps_total = done = 0
+    for phase in plan.phases:
+        pv = view.phases.get(phase.name)
+        live = is_live(pv)
+        batches = []
+        hosts_finished = 0
+        for batch in phase.batches:
+            hosts = [
+                host_row(
+                    hp,
+                    pv.hosts.get(hp.host) if pv else None,
+                    live,
+                    checking.get((phase.name, hp.host)),
+                )
+                for hp in batch.hosts
+            ]
+            counts = dict(Counter(h["state"] for h in hosts))
+            hosts_by_state.update(counts)
+            hosts_finished += finished(counts)
+            steps_total += sum(len(h["steps"]) for h in hosts)
+            done += sum(steps_done(h) for h in hosts)
+            batches.append(batch_part(batch, hosts, counts))
+        phases.append(phase_part(phase, pv, hosts_finished, batches))
+    return document_part(
+        upgrade_id,
+        plan,
+        view,
+        digest,
+        progress=progress_part(plan, view, steps_total, done, hosts_by_state),
+        eta_s=eta(plan, view, past, now),
+        hosts=distinct_hosts(plan, view),
+        failure=first_failure(plan, view),
+        phases=phases,
+    )
 
 
 def summary(upgrade_id: str, plan: model.Plan, view: UpgradeView, digest: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ The event kinds and their fields are the typed values in `orchestrator.events`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -125,6 +126,12 @@ class UpgradeView:
     # (phase, host) the operator ordered retried, until the retry starts
     retries: set[tuple[str, str]] = field(default_factory=set)
     first_failure: FirstFailure | None = None
+    # told (phase, host) after an event changed that host in that phase, and
+    # (phase, None) after one changed the phase itself: how the live status
+    # document (`engine.livestatus`) re-encodes only what changed
+    listener: Callable[[str, str | None], None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def failed_first(self, failure: FirstFailure) -> None:
         if self.first_failure is None:
@@ -179,16 +186,24 @@ class UpgradeView:
                 self.preflight[typed.host] = typed.to_data()
             case events.PhaseStateChanged():
                 _phase_state(self, typed, at)
+                self._touched(typed.phase, None)
             case events.HostStateChanged():
                 _host_state(self, typed, at)
+                self._touched(typed.phase, typed.host)
             case events.Drain():
                 _drain(self, typed)
+                self._touched(typed.phase, typed.host)
             case events.Step():
                 _step(self, typed, at)
+                self._touched(typed.phase, typed.host)
             case events.Control():
                 _control(self, typed, at)
             case _:
                 pass  # gates, health results: in the journal, not in the state
+
+    def _touched(self, phase: str, host: str | None) -> None:
+        if self.listener is not None:
+            self.listener(phase, host)
 
 
 def _phase_state(view: UpgradeView, ev: events.PhaseStateChanged, at: float) -> None:
