@@ -24,6 +24,7 @@ from aiohttp.abc import AbstractAccessLogger
 from orchestrator.access import Tokens, required_role
 from orchestrator.api import handlers, keys, page, sse
 from orchestrator.api.endpoint import ACTIONS, HOST_ACTIONS
+from orchestrator.api.feed import Feeds
 from orchestrator.api.limits import StreamSlots
 from orchestrator.api.metrics import Metrics
 from orchestrator.daemonconfig import SecretSources
@@ -201,11 +202,11 @@ def make_app(
     app[keys.ROLE] = role
     app[keys.SECRET_SOURCES] = secret_sources or SecretSources()
     app[keys.STREAMS] = StreamSlots(streams_per_token)
+    app[keys.FEEDS] = Feeds(manager.journal, sse.format_event)
     app[keys.METRICS] = metrics or Metrics()
     app[keys.STOPPING] = asyncio.Event()
     app[keys.SUBMIT_LOCK] = asyncio.Lock()
     app[keys.PARSE_SLOTS] = asyncio.Semaphore(PARSE_CONCURRENCY)
-    app[keys.STATUS_CACHE] = {}
     app.cleanup_ctx.append(_manager_lifecycle)
     app.on_shutdown.append(_stop_streams)
     app.router.add_get("/", page.index)
@@ -238,6 +239,7 @@ async def _manager_lifecycle(app: web.Application) -> AsyncIterator[None]:
     )
     yield
     app[keys.STOPPING].set()
+    await app[keys.FEEDS].close()
     await manager.close()
 
 

@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from orchestrator.api.feed import Feeds
 from orchestrator.api.limits import StreamSlots
 from orchestrator.api.metrics import Metrics
 from orchestrator.daemonconfig import SecretSources
@@ -19,8 +20,6 @@ STOPPING = web.AppKey("stopping", asyncio.Event)
 SUBMIT_LOCK = web.AppKey("submit_lock", asyncio.Lock)
 # submitted documents parsing in worker threads at once; the rest wait their turn
 PARSE_SLOTS = web.AppKey("parse_slots", asyncio.Semaphore)
-# upgrade id -> ((last journal seq, stall reason, live changes), the status document as JSON)
-STATUS_CACHE = web.AppKey("status_cache", dict[str, tuple[tuple[int, str | None, int], bytes]])
 # request key: the name of the token that authenticated the request (one
 # static token today, named "default"; journaled with every control action)
 WHO = web.RequestKey("who", str)
@@ -28,5 +27,7 @@ WHO = web.RequestKey("who", str)
 SECRET_SOURCES = web.AppKey("secret_sources", SecretSources)
 # open event streams per token
 STREAMS = web.AppKey("streams", StreamSlots)
+# one journal reader per upgrade with event streams open, shared by them
+FEEDS = web.AppKey("feeds", Feeds)
 # this daemon's place among its peers on a shared store (SQLite: the sole leader)
 ROLE = web.AppKey("role", Role)

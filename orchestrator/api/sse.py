@@ -4,7 +4,8 @@ Each event's SSE `id` is its journal sequence number, so a client that lost
 the connection sends `Last-Event-ID` and continues exactly after the last
 event it saw; nothing is skipped or repeated. The stream ends with an `end`
 event once the upgrade is finished and every event was sent, or when the
-daemon stops.
+daemon stops. The streams of one upgrade share one reader of the journal,
+which encodes each event once for all of them (`orchestrator.api.feed`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from aiohttp import web
 from orchestrator.api import keys
 from orchestrator.api.openapi import LAST_EVENT_ID_PATTERN
 from orchestrator.engine.manager import Upgrade
-from orchestrator.errors import UsageError
+from orchestrator.errors import StoreError, UsageError
 from orchestrator.store.journal import Event
 
 POLL = 1.0  # how often a quiet stream looks at the stop flag
 KEEPALIVE = 15.0  # a comment line this often keeps proxies from closing a quiet stream
-BATCH = 500
+BATCH = 500  # events a stream behind its feed reads from the journal at once
 LAST_EVENT_ID = re.compile(LAST_EVENT_ID_PATTERN)
 
 
@@ -51,6 +52,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def _stream(request: web.Request, up: Upgrade, after: int) -> web.StreamResponse:
     manager = request.app[keys.MANAGER]
+    feeds = request.app[keys.FEEDS]
     stopping = request.app[keys.STOPPING]
     response = web.StreamResponse(
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -61,30 +63,39 @@ async def _stream(request: web.Request, up: Upgrade, after: int) -> web.StreamRe
         await response.write(b"retry: 1000\n\n")
         quiet_since = time.monotonic()
         announced: str | None = None
-        while True:
-            stalled = up.engine.stalled if up.engine is not None else None
-            if stalled != announced:
-                # not a journal event (the journal is what fails): no id
-                kind = "stalled" if stalled is not None else "unstalled"
-                payload = json.dumps({"reason": stalled})
-                await response.write(f"event: {kind}\ndata: {payload}\n\n".encode())
-                announced = stalled
-            found = await manager.journal.events(up.id, after, limit=BATCH)
-            if not found:
+        # a feed starts where the view is at the latest: never past the journal's end
+        with feeds.reader(up.id, min(after, up.view.last_seq)) as feed:
+            while True:
+                stalled = up.engine.stalled if up.engine is not None else None
+                if stalled != announced:
+                    # not a journal event (the journal is what fails): no id
+                    kind = "stalled" if stalled is not None else "unstalled"
+                    payload = json.dumps({"reason": stalled})
+                    await response.write(f"event: {kind}\ndata: {payload}\n\n".encode())
+                    announced = stalled
+                shared = feed.since(after)
+                if shared is None:  # older than the feed keeps: read from the journal
+                    found = await manager.journal.events(up.id, after, limit=BATCH)
+                    if not found:  # the feed starts at or before the journal's end
+                        raise StoreError(f"{up.id}: the journal lost the events after {after}")
+                    last, chunk = found[-1].seq, b"".join(feeds.encode(e) for e in found)
+                else:
+                    last, chunk = shared
+                if chunk:
+                    await response.write(chunk)
+                    after = last
+                    quiet_since = time.monotonic()
+                    continue
                 if up.view.state.terminal and after >= up.view.last_seq:
                     end = json.dumps({"state": up.view.state.label, "last_event": after})
                     await response.write(f"event: end\ndata: {end}\n\n".encode())
                     break
                 if stopping.is_set():
                     break
-                found = await manager.journal.wait_for(up.id, after, timeout=POLL)
-            if found:
-                await response.write(b"".join(format_event(e) for e in found))
-                after = found[-1].seq
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= KEEPALIVE:
-                await response.write(b": keepalive\n\n")
-                quiet_since = time.monotonic()
+                await feed.wait(after, timeout=POLL)
+                if feed.last <= after and time.monotonic() - quiet_since >= KEEPALIVE:
+                    await response.write(b": keepalive\n\n")
+                    quiet_since = time.monotonic()
     except ConnectionResetError:
         pass  # the client went away; it resumes with Last-Event-ID
     return response
