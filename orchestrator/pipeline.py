@@ -9,8 +9,10 @@ lists every problem in both.
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,8 +82,28 @@ class Built:
     playbook: Document
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection inside: loading and compiling a 10,000-host
+    plan makes a million objects and no garbage cycles, and the collector
+    walking them again and again took a third of the time. Collection resumes
+    (if it was on) when the block ends."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 def build(inventory: Source, playbook: Source, options: Options) -> Built:
     """Load, validate and compile; the problems of both documents together."""
+    with paused_gc():
+        return _build(inventory, playbook, options)
+
+
+def _build(inventory: Source, playbook: Source, options: Options) -> Built:
     problems: list[Problem] = []
     inv: tuple[Inventory, Document] | None = None
     pb: tuple[Playbook, Document] | None = None

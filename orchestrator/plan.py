@@ -1,27 +1,29 @@
 """The plan compiler: (inventory, playbook, versions, options) -> Plan.
 
 Pure and deterministic: no I/O, no clock, no randomness. Every template is
-rendered here for every host it applies to, so a typo fails at plan time.
-All problems are collected and raised together as one InputError.
+rendered here for every host it applies to (once per distinct set of values
+it reads, `orchestrator.procedure`), so a typo fails at plan time. All
+problems are collected and raised together as one InputError.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from packaging.version import Version
 
 from orchestrator import model
 from orchestrator.batching import Member, cut_batches
-from orchestrator.errors import InputError, Problem, TemplateError
+from orchestrator.errors import InputError, Problem
 from orchestrator.fields import check_version, parse_size, resolve_size
 from orchestrator.inventory import Inventory
 from orchestrator.playbook import Phase, Playbook
-from orchestrator.playbook import Step as StepSpec
+from orchestrator.procedure import Procedures, Renderer
 from orchestrator.source import Document, PathKey, suggest
-from orchestrator.templating import Flavour, Namespace, Secrets, Templates
+from orchestrator.templating import Namespace, Secrets, Templates
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,55 +33,41 @@ class Options:
     on_failure: Literal["rollback", "pause"] | None = None
 
 
-@dataclass(slots=True)
-class _Renderer:
-    """Renders templates, turning failures into located Problems (one per spot)."""
-
-    doc: Document
-    problems: list[Problem]
-    seen: set[tuple[str, PathKey]]
-    templates: Templates
-
-    def __call__(
-        self, source: str, ctx: dict[str, Any], path: PathKey, host: str, flavour: Flavour = "text"
-    ) -> str:
-        try:
-            return self.templates.render(source, ctx, flavour)
-        except TemplateError as exc:
-            key = (self.doc.name, path)
-            if key not in self.seen:
-                self.seen.add(key)
-                self.problems.append(self.doc.problem(path, f"{exc.message} (for host {host})"))
-            return ""
-
-
 def compile_plan(
     inventory: Inventory,
     inv_doc: Document,
     playbook: Playbook,
     pb_doc: Document,
     options: Options,
+    *,
+    templates: Templates | None = None,
 ) -> model.Plan:
-    return _Compiler(inventory, inv_doc, playbook, pb_doc).compile(options)
+    """The plan; `templates` renders its templates (a fresh cache by default:
+    pass one to see how many renders ran)."""
+    compiler = _Compiler(inventory, inv_doc, playbook, pb_doc, templates or Templates())
+    return compiler.compile(options)
 
 
 class _Compiler:
-    """One compilation: the inputs, the per-host template contexts, and the
+    """One compilation: the inputs, the host procedures (and their template contexts), and the
     problems and warnings found so far."""
 
     def __init__(
-        self, inventory: Inventory, inv_doc: Document, playbook: Playbook, pb_doc: Document
+        self,
+        inventory: Inventory,
+        inv_doc: Document,
+        playbook: Playbook,
+        pb_doc: Document,
+        templates: Templates,
     ) -> None:
         self.inventory, self.inv_doc = inventory, inv_doc
         self.playbook, self.doc = playbook, pb_doc
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         seen: set[tuple[str, PathKey]] = set()
-        self.templates = Templates()
-        self.inv_render = _Renderer(inv_doc, self.problems, seen, self.templates)
-        self.pb_render = _Renderer(pb_doc, self.problems, seen, self.templates)
+        self.inv_render = Renderer(inv_doc, self.problems, seen, templates)
+        self.pb_render = Renderer(pb_doc, self.problems, seen, templates)
         self.groups = {role: inventory.role_hosts(role) for role in inventory.all_roles()}
-        self.contexts: dict[str, dict[str, Any]] = {}
 
     def compile(self, options: Options) -> model.Plan:
         inventory, playbook = self.inventory, self.playbook
@@ -92,21 +80,7 @@ class _Compiler:
             "groups": Namespace("groups", self.groups),
             "secrets": Secrets(list(inventory.secrets)),
         }
-        for name, host in inventory.hosts.items():
-            self.contexts[name] = {
-                **base_ctx,
-                **host.vars,
-                "host": Namespace(
-                    "host",
-                    {
-                        "name": name,
-                        "address": host.address,
-                        "roles": list(host.roles),
-                        "zone": host.zone,
-                        "vars": host.vars,
-                    },
-                ),
-            }
+        self.procedures = Procedures(inventory, base_ctx, self.inv_render, self.pb_render)
         phases = [self.phase(i, phase) for i, phase in enumerate(playbook.phases)]
         if self.problems:
             raise InputError(self.problems)
@@ -175,11 +149,11 @@ class _Compiler:
                 f"limited by {why}"
             )
         batches: list[model.Batch] = []
+        plan_host = partial(
+            self.procedures.host_plan, index, phase, drain=drain, health=health, verify=verify
+        )
         for b, cut in enumerate(cuts, start=1):
-            host_plans = tuple(
-                self.host_plan(index, phase, name, drain=drain, health=health, verify=verify)
-                for name in cut.hosts
-            )
+            host_plans = tuple(plan_host(name=name) for name in cut.hosts)
             batches.append(
                 model.Batch(
                     index=b,
@@ -312,96 +286,8 @@ class _Compiler:
             if wanted.intersection(host.roles)
         ]
 
-    def host_plan(
-        self, index: int, phase: Phase, name: str, *, drain: bool, health: bool, verify: bool
-    ) -> model.HostPlan:
-        inventory, ctx = self.inventory, self.contexts[name]
-        inv_render, pb_render = self.inv_render, self.pb_render
-        host = inventory.hosts[name]
-        roles = tuple(r for r in phase.roles if r in host.roles)
-        steps: list[model.Step] = []
-        cleanup: list[model.Step] = []
-        drains: list[model.Drain] = []
-        checks: list[model.Check] = []
-        policy: list[tuple[int, float, float]] = []
-        version: model.VersionProbe | None = None
-        become = (
-            host.ssh.become if host.ssh and host.ssh.become else inventory.ssh.become
-        ) == "sudo"
-        for role in roles:
-            rctx = {**ctx, "role": role, "phase": phase.name}
-            # a host with several of the phase's roles runs each role's steps,
-            # but a step that renders the same for a later role is not repeated
-            earlier_steps, earlier_cleanup = list(steps), list(cleanup)
-            for j, spec in enumerate(phase.steps):
-                step = _step(
-                    spec,
-                    rctx,
-                    ("phases", index, "steps", j),
-                    name,
-                    pb_render,
-                    inventory=inventory,
-                    become=become,
-                )
-                if not any(_same(step, s) for s in earlier_steps):
-                    steps.append(step)
-            for j, spec in enumerate(phase.cleanup):
-                step = _step(
-                    spec,
-                    rctx,
-                    ("phases", index, "cleanup", j),
-                    name,
-                    pb_render,
-                    inventory=inventory,
-                    become=become,
-                )
-                if not any(_same(step, s) for s in earlier_cleanup):
-                    cleanup.append(step)
-            role_spec = inventory.roles.get(role)
-            if role_spec is None:
-                continue
-            rpath: PathKey = ("roles", role)
-            if drain and role_spec.drain is not None:
-                drains.append(
-                    _drain(
-                        role_spec.drain,
-                        rctx,
-                        (*rpath, "drain"),
-                        name,
-                        inv_render,
-                        inventory=inventory,
-                    )
-                )
-            if health and role_spec.health:
-                for k, check in enumerate(role_spec.health):
-                    checks.append(_check(check, rctx, (*rpath, "health", k), name, inv_render))
-                hp = role_spec.health_policy
-                policy.append((hp.passes, hp.interval, hp.deadline))
-            if verify and version is None and role_spec.version is not None:
-                version = _probe(role_spec.version, rctx, (*rpath, "version"), name, inv_render)
-        prefix = f"{phase.name}/{name}"
-        steps = [_numbered(s, f"{prefix}/{n}") for n, s in enumerate(steps, start=1)]
-        cleanup = [_numbered(s, f"{prefix}/cleanup-{n}") for n, s in enumerate(cleanup, start=1)]
-        return model.HostPlan(
-            host=name,
-            roles=roles,
-            steps=tuple(steps),
-            cleanup=tuple(cleanup),
-            drains=tuple(drains),
-            health=model.Health(
-                checks=tuple(checks),
-                passes=max(p[0] for p in policy),
-                interval=min(p[1] for p in policy),
-                deadline=max(p[2] for p in policy),
-            )
-            if checks
-            else None,
-            version=version,
-        )
-
     def gate(self, gate: Any, gi: int, phase: Phase, where: PathKey) -> model.Gate:
-        inventory, contexts, groups = self.inventory, self.contexts, self.groups
-        inv_render, pb_render = self.inv_render, self.pb_render
+        inventory, groups, procedures = self.inventory, self.groups, self.procedures
         if gate.all_at_target:
             # the roles this playbook upgrades (its rolling phases), else every role it touches
             phases = self.playbook.phases
@@ -412,9 +298,8 @@ class _Compiler:
                 for role in wanted:
                     spec = inventory.roles.get(role)
                     if role in host.roles and spec is not None and spec.version is not None:
-                        ctx = {**contexts[name], "role": role, "phase": phase.name}
-                        path: PathKey = ("roles", role, "version")
-                        probes.append((name, _probe(spec.version, ctx, path, name, inv_render)))
+                        probe = procedures.probe(spec.version, name, role, phase.name)
+                        probes.append((name, probe))
                         break
             return model.Gate(kind="all_at_target", probes=tuple(probes))
         role = gate.on or phase.roles[0]
@@ -423,10 +308,10 @@ class _Compiler:
             if phase.kind == "once" and phase.host and gate.on is None
             else groups[role][0]
         )
-        ctx = {**contexts[on_host], "role": role, "phase": phase.name}
+        ctx = procedures.context(on_host, role, phase.name)
         return model.Gate(
             kind="command",
-            run=pb_render(gate.run, ctx, (*where, "gate", gi, "run"), on_host, "shell"),
+            run=self.pb_render(gate.run, ctx, (*where, "gate", gi, "run"), on_host, "shell"),
             host=on_host,
             expect_exit=gate.expect_exit,
         )
@@ -515,161 +400,4 @@ def _target(inventory: Inventory, name: str) -> model.HostTarget:
         connect_timeout=ssh.connect_timeout,
         command_timeout=ssh.command_timeout,
         keepalive_interval=ssh.keepalive_interval,
-    )
-
-
-def _same(a: model.Step, b: model.Step) -> bool:
-    return (a.action, a.undo, a.check) == (b.action, b.undo, b.check)
-
-
-def _numbered(step: model.Step, step_id: str) -> model.Step:
-    return model.Step(
-        id=step_id,
-        name=step.name,
-        action=step.action,
-        undo=step.undo,
-        check=step.check,
-        idempotent=step.idempotent,
-        become=step.become,
-    )
-
-
-def _step(
-    spec: StepSpec,
-    ctx: dict[str, Any],
-    path: PathKey,
-    host: str,
-    render: _Renderer,
-    *,
-    inventory: Inventory,
-    become: bool,
-) -> model.Step:
-    timeout = spec.timeout if spec.timeout is not None else inventory.ssh.command_timeout
-    action: model.RunAction | model.ConfigAction | model.WaitAction
-    if spec.run is not None:
-        action = model.RunAction(
-            command=render(spec.run, ctx, (*path, "run"), host, "shell"),
-            ok_exit=tuple(spec.ok_exit),
-            repeat_while_exit=tuple(spec.repeat_while_exit),
-            repeat_interval=spec.repeat_interval,
-            repeat_max=spec.repeat_max,
-            timeout=timeout,
-        )
-        default_name = action.command
-    elif spec.config is not None:
-        c = spec.config
-        value = None if c.value is None else _scalar(c.value)
-        action = model.ConfigAction(
-            file=render(c.file, ctx, (*path, "config", "file"), host),
-            section=render(c.section, ctx, (*path, "config", "section"), host),
-            key=render(c.key, ctx, (*path, "config", "key"), host),
-            value=None if value is None else render(value, ctx, (*path, "config", "value"), host),
-        )
-        shown = "absent" if action.value is None else action.value
-        default_name = f"config {action.file} [{action.section}] {action.key} = {shown}"
-    else:
-        action = model.WaitAction(seconds=spec.wait or 0.0)
-        default_name = f"wait {action.seconds:g}s"
-    undo: model.RunAction | None = None
-    if isinstance(spec.undo, str):
-        undo = model.RunAction(
-            command=render(spec.undo, ctx, (*path, "undo"), host, "shell"), timeout=timeout
-        )
-    elif spec.undo is not None:
-        undo = model.RunAction(
-            command=render(spec.undo.run, ctx, (*path, "undo", "run"), host, "shell"),
-            ok_exit=tuple(spec.undo.ok_exit),
-            timeout=spec.undo.timeout if spec.undo.timeout is not None else timeout,
-        )
-    return model.Step(
-        id="",
-        name=render(spec.name, ctx, (*path, "name"), host) if spec.name else default_name,
-        action=action,
-        undo=undo,
-        check=render(spec.check, ctx, (*path, "check"), host, "shell") if spec.check else None,
-        idempotent=spec.idempotent or isinstance(action, model.ConfigAction | model.WaitAction),
-        become=become if spec.become is None else spec.become,
-    )
-
-
-def _scalar(value: str | int | bool) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _drain(
-    spec: Any,
-    ctx: dict[str, Any],
-    path: PathKey,
-    host: str,
-    render: _Renderer,
-    *,
-    inventory: Inventory,
-) -> model.Drain:
-    if spec.load_balancer is not None:
-        lb = inventory.load_balancers[spec.load_balancer]
-        return model.LoadBalancerDrain(
-            load_balancer=spec.load_balancer,
-            server=render(spec.server, ctx, (*path, "server"), host),
-            backend=lb.backend,
-            timeout=spec.timeout,
-        )
-    if spec.run is not None:
-        return model.RunDrain(
-            run=render(spec.run, ctx, (*path, "run"), host, "shell"),
-            undo=render(spec.undo, ctx, (*path, "undo"), host, "shell"),
-            wait_until=render(spec.wait_until, ctx, (*path, "wait_until"), host, "shell")
-            if spec.wait_until
-            else None,
-            timeout=spec.timeout,
-        )
-    return model.HttpDrain(
-        url=render(spec.http, ctx, (*path, "http"), host),
-        undo_url=render(spec.undo_http, ctx, (*path, "undo_http"), host),
-        method=spec.method,
-        timeout=spec.timeout,
-    )
-
-
-def _check(
-    spec: Any, ctx: dict[str, Any], path: PathKey, host: str, render: _Renderer
-) -> model.Check:
-    if spec.http is not None:
-        return model.HttpCheck(
-            url=render(spec.http, ctx, (*path, "http"), host),
-            expect_status=spec.expect_status,
-            json_path=spec.json_path,
-            expect=render(spec.expect, ctx, (*path, "expect"), host) if spec.expect else None,
-            timeout=spec.timeout,
-        )
-    if spec.tcp is not None:
-        text = render(spec.tcp, ctx, (*path, "tcp"), host)
-        address, _, port = text.rpartition(":")
-        if not address or not port.isdigit() or not 0 < int(port) < 65536:
-            if text:  # an empty text means rendering already failed and was reported
-                key = (render.doc.name, (*path, "tcp"))
-                if key not in render.seen:
-                    render.seen.add(key)
-                    render.problems.append(
-                        render.doc.problem(
-                            (*path, "tcp"), f"expected ADDRESS:PORT, got '{text}' (for host {host})"
-                        )
-                    )
-            return model.TcpCheck(address=text, port=0, timeout=spec.timeout)
-        return model.TcpCheck(address=address.strip("[]"), port=int(port), timeout=spec.timeout)
-    return model.CommandCheck(
-        run=render(spec.run, ctx, (*path, "run"), host, "shell"), timeout=spec.timeout
-    )
-
-
-def _probe(
-    spec: Any, ctx: dict[str, Any], path: PathKey, host: str, render: _Renderer
-) -> model.VersionProbe:
-    return model.VersionProbe(
-        http=render(spec.http, ctx, (*path, "http"), host) if spec.http else None,
-        json_path=spec.json_path,
-        run=render(spec.run, ctx, (*path, "run"), host, "shell") if spec.run else None,
-        timeout=spec.timeout,
-        releases=tuple((spec.releases or {}).items()),
     )

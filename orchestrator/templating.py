@@ -133,7 +133,12 @@ def _compile(flavour: Flavour, source: str) -> _Compiled:
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error: {exc.message}") from None
     names = meta.find_undeclared_variables(ast)
-    return _Compiled(env.from_string(ast), tuple(sorted(names)), _fields_read(ast, names))
+    template = env.from_string(ast)
+    # Jinja chains the template's globals to the environment's, for globals
+    # added later; ours never change, and every render copies them: a plain
+    # dict copies three times faster
+    template.globals = dict(template.globals)
+    return _Compiled(template, tuple(sorted(names)), _fields_read(ast, names))
 
 
 def _fields_read(ast: nodes.Template, names: set[str]) -> dict[str, tuple[str, ...]]:
@@ -185,6 +190,7 @@ def _render(compiled: _Compiled, context: Mapping[str, Any]) -> str:
 
 _MISSING = object()
 _ATOMS = (str, int, float, bool, type(None))
+_SMALL = 16
 
 
 class Templates:
@@ -197,62 +203,91 @@ class Templates:
     holds those values: strings, numbers, booleans and None by type and
     value, so ``1``, ``1.0`` and ``True`` never share a result; a Namespace's
     small lists and mappings by value too (``host.roles``); any other object
-    (a playbook's mapping, a Namespace read as a whole, Secrets) by
-    identity, and the cache keeps it alive so its identity is never reused.
-    The sandbox keeps every value immutable to templates, so a value cannot
-    change under its key. Failures are not cached: their messages suggest
-    names from the whole context. `renders` counts the renders that ran.
+    (a playbook's mapping, a Namespace read as a whole, Secrets) by identity,
+    held by the key so the identity stays its own. The sandbox keeps every
+    value immutable to templates, so a value cannot change under its key.
+    Failures are not cached: their messages suggest names from the whole
+    context. `renders` counts the renders that ran.
     """
 
-    __slots__ = ("_kept", "_results", "renders")
+    __slots__ = ("_results", "renders")
 
     def __init__(self) -> None:
         self._results: dict[tuple[Any, ...], str] = {}
-        self._kept: list[Any] = []
         self.renders = 0
 
     def render(self, source: str, context: Mapping[str, Any], flavour: Flavour = "text") -> str:
         if not is_template(source):
             return source
         compiled = _compile(flavour, source)
-        fields = compiled.fields
-        key: list[Any] = [compiled]
-        kept: list[Any] = []
-        for name in compiled.names:
-            value = context.get(name, _MISSING)
-            read = fields.get(name)
-            if read is not None and isinstance(value, Namespace):
-                key.append((Namespace, *(_frozen(value.get(f, _MISSING), kept) for f in read)))
-            else:
-                key.append(_frozen(value, kept, by_value=False))
-        frozen = tuple(key)
-        result = self._results.get(frozen)
+        key = (compiled, *_key(compiled.names, compiled.fields, context))
+        result = self._results.get(key)
         if result is None:
             self.renders += 1
             result = _render(compiled, context)
-            self._results[frozen] = result
-            self._kept.extend(kept)
+            self._results[key] = result
         return result
 
 
-_SMALL = 16
+def _key(
+    names: tuple[str, ...], fields: Mapping[str, tuple[str, ...]], context: Mapping[str, Any]
+) -> tuple[Any, ...]:
+    key: list[Any] = []
+    for name in names:
+        value = context.get(name, _MISSING)
+        read = fields.get(name)
+        if read is not None and isinstance(value, Namespace):
+            key.append((Namespace, *(frozen(value.get(f, _MISSING)) for f in read)))
+        else:
+            key.append(frozen(value, by_value=False))
+    return tuple(key)
 
 
-def _frozen(value: Any, kept: list[Any], *, by_value: bool = True) -> Any:
+@lru_cache(maxsize=4096)
+def reads(sources: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """The names the templates `sources` read, and the fields of the names
+    every one of them reads only through constant fields (see `Templates`);
+    TemplateError when one does not compile."""
+    compiled = [_compile("text", s) for s in sources if is_template(s)]
+    names = sorted({n for c in compiled for n in c.names})
+    fields: dict[str, tuple[str, ...]] = {}
+    for name in names:
+        readers = [c for c in compiled if name in c.names]
+        if all(name in c.fields for c in readers):
+            fields[name] = tuple(sorted({f for c in readers for f in c.fields[name]}))
+    return tuple(names), fields
+
+
+class _Same:
+    """A key part equal only to a part holding the same object; holding it
+    keeps the object alive, so its identity is never another object's."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.value is self.value
+
+
+def frozen(value: Any, *, by_value: bool = True) -> Any:
     """A hashable key part that equals another only for the same data of the
-    same types; containers by value when `by_value` and small, else by identity
-    (`kept` then holds the object, so the identity stays its own)."""
+    same types; containers by value when `by_value` and small, else by
+    identity (the part holds the object)."""
     kind = type(value)
     if kind is float:
         return (kind, repr(value))  # -0.0 == 0.0, but they render differently
     if kind in _ATOMS:
         return (kind, value)
     if by_value and kind in (list, tuple) and len(value) <= _SMALL:
-        return (kind, tuple(_frozen(v, kept) for v in value))
+        return (kind, tuple(frozen(v) for v in value))
     if by_value and kind is dict and len(value) <= _SMALL:
-        return (kind, tuple((_frozen(k, kept), _frozen(v, kept)) for k, v in value.items()))
-    kept.append(value)
-    return (id, id(value))
+        return (kind, tuple((frozen(k), frozen(v)) for k, v in value.items()))
+    return _Same(value)
 
 
 _TOP_UNDEFINED = re.compile(r"^'([^']+)' is undefined$")

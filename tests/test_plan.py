@@ -12,6 +12,7 @@ from orchestrator.errors import InputError
 from orchestrator.inventory import load_inventory, parse_inventory_text
 from orchestrator.plan import Options, compile_plan
 from orchestrator.playbook import load_playbook, parse_playbook_text
+from orchestrator.templating import Templates
 
 INVENTORY = """\
 name: lab
@@ -760,3 +761,98 @@ def test_example_version_probes_report_releases(
     assert releases == ["2025.2", "2026.1", "2026.2"]
     candidate = package_versions[1].split(".")[0] + ".0.0rc1"
     assert probe.release_of(candidate) == candidate  # a release candidate is no release
+
+
+# --- what hosts share, and what they do not ---------------------------------------
+
+
+def _many(n: int, *, host_vars: dict[int, str] | None = None) -> str:
+    lines = [
+        "vars: {from_version: '1.0', conf: /etc/svc.conf}",
+        "roles:",
+        "  compute:",
+        "    drain: {run: 'disable {{ host.name }}', undo: 'enable {{ host.name }}'}",
+        "    health: [{tcp: '{{ host.address }}:16509'}, {run: 'systemctl is-active svc'}]",
+        "    version: {run: 'svc --version'}",
+        "hosts:",
+    ]
+    for i in range(n):
+        extra = f", vars: {{conf: {host_vars[i]}}}" if host_vars and i in host_vars else ""
+        lines.append(f"  cmp-{i}: {{address: 10.0.1.{i + 1}, roles: [compute]{extra}}}")
+    return "\n".join(lines) + "\n"
+
+
+MANY_PHASES = """\
+  - name: up
+    rolling: compute
+    batch: "50%"
+    steps:
+      - run: "apt-get install -y svc={{ to_version }}"
+        undo: "apt-get install -y svc={{ from_version }}"
+      - config: {file: "{{ conf }}", section: s, key: k, value: "{{ to_version }}"}
+"""
+
+
+def _templates_and_plan(inventory: str) -> tuple[Templates, model.Plan]:
+    templates = Templates()
+    inv, inv_doc = parse_inventory_text(inventory, "inv.yaml")
+    pb, pb_doc = parse_playbook_text(f"name: lab\nphases:\n{MANY_PHASES}", "pb.yaml")
+    plan = compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"), templates=templates)
+    return templates, plan
+
+
+def test_a_step_reading_only_versions_renders_once_for_every_host() -> None:
+    templates, plan = _templates_and_plan(_many(40))
+
+    hosts = [h for b in plan.phases[0].batches for h in b.hosts]
+    assert len(hosts) == 40
+    # run, undo, config file, config value once; drain run and undo, tcp once per host
+    assert templates.renders == 4 + 3 * 40
+    # and the hosts share the very objects: written once in the plan's JSON
+    assert len({id(h.steps[0].action) for h in hosts}) == 1
+    assert len({id(h.version) for h in hosts}) == 1
+
+
+def test_what_reads_the_host_is_each_hosts_own() -> None:
+    _, plan = _templates_and_plan(_many(30))
+
+    for host in (h for b in plan.phases[0].batches for h in b.hosts):
+        assert host.steps[0].id == f"up/{host.host}/1"
+        drain = host.drains[0]
+        assert isinstance(drain, model.RunDrain)
+        assert (drain.run, drain.undo) == (f"disable {host.host}", f"enable {host.host}")
+        assert host.health is not None
+        tcp = host.health.checks[0]
+        assert isinstance(tcp, model.TcpCheck)
+        assert tcp.address == f"10.0.1.{int(host.host.split('-')[1]) + 1}"
+
+
+def test_a_host_var_overrides_for_its_host_only() -> None:
+    _, plan = _templates_and_plan(_many(6, host_vars={2: "/srv/own.conf", 4: "/etc/svc.conf"}))
+
+    files = {h.host: h.steps[1].action for b in plan.phases[0].batches for h in b.hosts}
+    assert {name: a.file for name, a in files.items() if isinstance(a, model.ConfigAction)} == {
+        "cmp-0": "/etc/svc.conf",
+        "cmp-1": "/etc/svc.conf",
+        "cmp-2": "/srv/own.conf",
+        "cmp-3": "/etc/svc.conf",
+        "cmp-4": "/etc/svc.conf",
+        "cmp-5": "/etc/svc.conf",
+    }
+
+
+def test_a_template_error_names_the_first_host_it_fails_for() -> None:
+    inventory = (
+        _many(5)
+        .replace("'disable {{ host.name }}'", "'disable {{ host.vars.rack }}'")
+        .replace("roles: [compute]}", "roles: [compute], vars: {rack: r1}}", 1)
+    )
+
+    with pytest.raises(InputError) as info:
+        _templates_and_plan(inventory)
+
+    # cmp-0 has a rack; the others fail, reported once, for the first of them
+    assert [str(p) for p in info.value.problems] == [
+        "inv.yaml:4:13: roles.compute.drain.run: undefined template variable: "
+        "'dict object' has no attribute 'rack' (for host cmp-1)"
+    ]

@@ -1,0 +1,590 @@
+"""One host's procedure in one phase: its steps, drains, health checks and
+version probe, rendered from the playbook's and the inventory's templates.
+
+The compiler asks for one of these for every host of every phase (40,010 for
+the nova playbook on 10,000 hosts), so each piece is built once per distinct
+set of values its templates read (`Templates.key`): the upgrade step that
+reads only `to_version` is one object shared by every host, the drain that
+reads `host.name` one per host, shared by every phase that drains it. A
+piece whose rendering reported a problem is not kept, so every host that
+fails is rendered (and reported) as if nothing were kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple, TypeVar
+
+from orchestrator import model
+from orchestrator.errors import Problem, TemplateError
+from orchestrator.inventory import Inventory
+from orchestrator.playbook import Phase
+from orchestrator.playbook import Step as StepSpec
+from orchestrator.source import Document, PathKey
+from orchestrator.templating import Flavour, Namespace, Templates, frozen, reads
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Renderer:
+    """Renders templates, turning failures into located Problems (one per spot)."""
+
+    doc: Document
+    problems: list[Problem]
+    seen: set[tuple[str, PathKey]]
+    templates: Templates
+
+    def __call__(
+        self, source: str, ctx: dict[str, Any], path: PathKey, host: str, flavour: Flavour = "text"
+    ) -> str:
+        try:
+            return self.templates.render(source, ctx, flavour)
+        except TemplateError as exc:
+            self.report(path, f"{exc.message} (for host {host})")
+            return ""
+
+    def report(self, path: PathKey, message: str) -> None:
+        key = (self.doc.name, path)
+        if key not in self.seen:
+            self.seen.add(key)
+            self.problems.append(self.doc.problem(path, message))
+
+
+class Procedures:
+    """Builds the host plans of one compilation, sharing what hosts have in common.
+
+    Every template context is ``base | layer(host) | {role, phase}``: one base
+    for the compilation (playbook and inventory vars, versions, groups,
+    secrets), a layer per host (`host`, the host's vars). So a piece's key
+    needs only what its templates read from the layer, the role and the
+    phase; a name read from the base is the same for every host.
+    """
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        base: dict[str, Any],
+        inv_render: Renderer,
+        pb_render: Renderer,
+    ) -> None:
+        self.inventory, self.base = inventory, base
+        self.inv_render, self.pb_render = inv_render, pb_render
+        self.problems = pb_render.problems
+        self._hosts: dict[str, _Host] = {}
+        self._contexts: dict[str, dict[str, Any]] = {}
+        self._built: dict[tuple[Any, ...], Any] = {}
+        self._pieces: dict[tuple[Any, ...], _Piece] = {}
+        self._recipes: dict[tuple[int, str, bool], _Recipe] = {}
+        self._role_lists: dict[tuple[str, ...], list[str]] = {}
+        self._role_tuples: dict[tuple[int, int], tuple[str, ...]] = {}
+
+    def context(self, name: str, role: str, phase: str) -> dict[str, Any]:
+        """The template context of host `name` as `role` in `phase`."""
+        ctx = self._contexts.get(name)
+        if ctx is None:
+            ctx = self._contexts[name] = {**self.base, **self._host(name).layer}
+        return {**ctx, "role": role, "phase": phase}
+
+    def host_plan(
+        self,
+        index: int,
+        phase: Phase,
+        *,
+        drain: bool,
+        health: bool,
+        verify: bool,
+        name: str,
+    ) -> model.HostPlan:
+        host = self._hosts.get(name) or self._host(name)
+        roles = self._role_tuples.get((index, id(host.roles)))
+        if roles is None:
+            roles = tuple(r for r in phase.roles if r in host.roles)
+            self._role_tuples[(index, id(host.roles))] = roles
+        duties = (drain, health, verify)
+        if len(roles) == 1:
+            block = self._block(self._recipe(index, phase, roles[0], host.become, duties), host)
+            steps, cleanup, drains, checks, version, _ = block
+            policy = [block.policy] if block.policy is not None else []
+        else:
+            steps, cleanup, drains, checks, policy = [], [], [], [], []
+            version = None
+            for role in roles:
+                block = self._block(self._recipe(index, phase, role, host.become, duties), host)
+                # a host with several of the phase's roles runs each role's
+                # steps, but a step that renders the same for a later role is
+                # not repeated
+                earlier, earlier_cleanup = steps[:], cleanup[:]
+                steps += [s for s in block.steps if not any(_same(s, e) for e in earlier)]
+                cleanup += [
+                    s for s in block.cleanup if not any(_same(s, e) for e in earlier_cleanup)
+                ]
+                drains += block.drains
+                if block.policy is not None:
+                    checks += block.checks
+                    policy.append(block.policy)
+                version = version or block.version
+        prefix = f"{phase.name}/{name}/"
+        return model.HostPlan(
+            host=name,
+            roles=roles,
+            steps=tuple([_numbered(s, f"{prefix}{n}") for n, s in enumerate(steps, start=1)]),
+            cleanup=tuple(
+                [_numbered(s, f"{prefix}cleanup-{n}") for n, s in enumerate(cleanup, start=1)]
+            ),
+            drains=tuple(drains),
+            health=self._health(tuple(checks), policy) if checks else None,
+            version=version,
+        )
+
+    def _block(self, recipe: _Recipe, host: _Host) -> _Block:
+        """What `host` does as the recipe's role in its phase. For a host
+        without vars, what reads nothing of `host` is kept on the recipe."""
+        plain = host.plain
+        if plain and recipe.block is not None:
+            return recipe.block
+        kept = recipe.kept
+        values = []
+        for n, piece in enumerate(recipe.pieces):
+            value = kept[n] if plain else _UNSET
+            if value is _UNSET:
+                before = len(self.problems)
+                value = self._value(piece, host, recipe.role, recipe.phase)
+                if plain and piece.reads_no_host and len(self.problems) == before:
+                    kept[n] = value
+            values.append(value)
+        block = recipe.cut(values)
+        if plain and _UNSET not in kept:
+            recipe.block = block
+        return block
+
+    def probe(self, spec: Any, name: str, role: str, phase: str) -> model.VersionProbe:
+        """The version probe of `role` (`spec`) on host `name` in `phase`."""
+        probe: model.VersionProbe = self._value(
+            self._probe(role, spec), self._host(name), role, phase
+        )
+        return probe
+
+    def _recipe(
+        self,
+        index: int,
+        phase: Phase,
+        role: str,
+        become: bool,
+        duties: tuple[bool, bool, bool],
+    ) -> _Recipe:
+        """The pieces a host of `role` works through in phase `index`."""
+        found = self._recipes.get((index, role, become))
+        if found is not None:
+            return found
+        drain, health, verify = duties
+        inventory, pb_render = self.inventory, self.pb_render
+
+        def steps(kind: str, specs: list[StepSpec]) -> list[_Piece]:
+            pieces = []
+            for j, step in enumerate(specs):
+                path: PathKey = ("phases", index, kind, j)
+                build = partial(_step, step, path, pb_render, inventory=inventory, become=become)
+                pieces.append(self._piece(path, build, _step_sources(step), become))
+            return pieces
+
+        step_pieces, cleanup_pieces = steps("steps", phase.steps), steps("cleanup", phase.cleanup)
+        drains: list[_Piece] = []
+        checks: list[_Piece] = []
+        probes: list[_Piece] = []
+        policy = None
+        spec = inventory.roles.get(role)
+        if spec is not None:
+            if drain and spec.drain is not None:
+                drains.append(self._drain(role, spec.drain))
+            if health and spec.health:
+                checks = [self._check(role, k, c) for k, c in enumerate(spec.health)]
+                hp = spec.health_policy
+                policy = (hp.passes, hp.interval, hp.deadline)
+            if verify and spec.version is not None:
+                probes.append(self._probe(role, spec.version))
+        found = _Recipe(
+            role, phase.name, (step_pieces, cleanup_pieces, drains, checks, probes), policy
+        )
+        self._recipes[(index, role, become)] = found
+        return found
+
+    def _drain(self, role: str, spec: Any) -> _Piece:
+        path: PathKey = ("roles", role, "drain")
+        build = partial(_drain, spec, path, self.inv_render, inventory=self.inventory)
+        sources = (spec.server, spec.run, spec.undo, spec.wait_until, spec.http, spec.undo_http)
+        return self._piece(path, build, sources)
+
+    def _check(self, role: str, k: int, spec: Any) -> _Piece:
+        path: PathKey = ("roles", role, "health", k)
+        build = partial(_check, spec, path, self.inv_render)
+        return self._piece(path, build, (spec.http, spec.expect, spec.tcp, spec.run))
+
+    def _probe(self, role: str, spec: Any) -> _Piece:
+        path: PathKey = ("roles", role, "version")
+        return self._piece(
+            path, partial(_probe, spec, path, self.inv_render), (spec.http, spec.run)
+        )
+
+    def _piece(
+        self,
+        path: PathKey,
+        build: Callable[[dict[str, Any], str], Any],
+        sources: Sequence[str | None],
+        *variant: Any,
+    ) -> _Piece:
+        """The piece at `path` (one per variant: a step's `become`)."""
+        key = (path, *variant)
+        found = self._pieces.get(key)
+        if found is None:
+            try:
+                names, fields = reads(tuple(s for s in sources if s))
+            except TemplateError:  # rendering it says why, for every host
+                names, fields = None, {}
+            plain = None if names is None else _plain(names, fields)
+            no_host = plain is not None and plain[0] is None
+            found = self._pieces[key] = _Piece(path, build, names, fields, plain, no_host)
+        return found
+
+    def _value(self, piece: _Piece, host: _Host, role: str, phase: str) -> Any:
+        """What `piece` builds for `host` as `role` in `phase`, built once per
+        distinct set of values it reads; a build that reported a problem is not kept."""
+        plain = piece.plain
+        if plain is not None and host.plain:
+            # the common case, a host without vars: its layer is `host` alone
+            fields, by_role, by_phase = plain
+            if fields is None:
+                part: Any = None
+            elif fields is _WHOLE:
+                part = host.name  # the namespace is the host's own
+            else:
+                ns = host.namespace
+                part = tuple([frozen(ns[f]) if f in ns else _BASE for f in fields])
+            key: tuple[Any, ...] = (
+                piece,
+                part,
+                role if by_role else None,
+                phase if by_phase else None,
+            )
+        elif piece.names is None:
+            return piece.build(self.context(host.name, role, phase), host.name)
+        else:
+            key = (piece, *_layer_key(piece, host.layer, role, phase))
+        found = self._built.get(key)
+        if found is not None:
+            return found
+        before = len(self.problems)
+        built = piece.build(self.context(host.name, role, phase), host.name)
+        if len(self.problems) == before:
+            self._built[key] = built
+        return built
+
+    def _host(self, name: str) -> _Host:
+        found = self._hosts.get(name)
+        if found is None:
+            host = self.inventory.hosts[name]
+            # hosts with the same roles share the list: keys read it by value anyway
+            roles = self._role_lists.setdefault(tuple(host.roles), list(host.roles))
+            fields = {
+                "name": name,
+                "address": host.address,
+                "roles": roles,
+                "zone": host.zone,
+                "vars": host.vars,
+            }
+            namespace = Namespace("host", fields)
+            layer = {**host.vars, "host": namespace}
+            become = host.ssh.become if host.ssh and host.ssh.become else self.inventory.ssh.become
+            found = self._hosts[name] = _Host(
+                name, layer, namespace, roles, become == "sudo", plain=not host.vars
+            )
+        return found
+
+    def _health(
+        self, checks: tuple[model.Check, ...], policy: list[tuple[int, float, float]]
+    ) -> model.Health:
+        if len(policy) == 1:
+            passes, interval, deadline = policy[0]
+        else:
+            passes = max(p[0] for p in policy)
+            interval = min(p[1] for p in policy)
+            deadline = max(p[2] for p in policy)
+        # the checks are kept pieces, alive as long as the Health that holds them
+        key = ("health", *map(id, checks), passes, interval, deadline)
+        found: model.Health | None = self._built.get(key)
+        if found is None:
+            found = model.Health(checks=checks, passes=passes, interval=interval, deadline=deadline)
+            self._built[key] = found
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Host:
+    """A host as its pieces see it: its layer of the context (`plain` when it
+    holds only `host`: no host vars), its roles, its `become`."""
+
+    name: str
+    layer: dict[str, Any]
+    namespace: Namespace
+    roles: list[str]
+    become: bool
+    plain: bool
+
+
+_WHOLE = ("*",)  # a piece reads `host` as a whole
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # a key part: hashed by identity
+class _Piece:
+    """One spot of the playbook or the inventory that renders into one plan
+    value, and what its templates read (`names` None when one of them does
+    not compile). `plain` says, for a host without vars, which fields of
+    `host` (None, some, `_WHOLE`) and whether the role and the phase."""
+
+    path: PathKey
+    build: Callable[[dict[str, Any], str], Any]
+    names: tuple[str, ...] | None
+    fields: Mapping[str, tuple[str, ...]]
+    plain: tuple[tuple[str, ...] | None, bool, bool] | None
+    reads_no_host: bool
+
+
+def _plain(names: tuple[str, ...], fields: Mapping[str, tuple[str, ...]]) -> Any:
+    host = None if "host" not in names else fields.get("host", _WHOLE)
+    return (host, "role" in names, "phase" in names)
+
+
+def _layer_key(piece: _Piece, layer: dict[str, Any], role: str, phase: str) -> list[Any]:
+    """One part per name the piece reads: its value from the host's layer, the
+    role or the phase; `_BASE` for a name read from the base, the same for all."""
+    parts: list[Any] = []
+    for name in piece.names or ():
+        if name in layer:
+            value = layer[name]
+            read = piece.fields.get(name)
+            if read is not None and isinstance(value, Namespace):
+                parts.append(tuple(frozen(value[f]) if f in value else _BASE for f in read))
+            else:  # a Namespace read as a whole by identity: it is the host's own
+                parts.append(frozen(value))
+        elif name == "role":
+            parts.append(role)
+        elif name == "phase":
+            parts.append(phase)
+        else:  # the base's, the same for every host
+            parts.append(_BASE)
+    return parts
+
+
+class _Block(NamedTuple):
+    """What one host does as one role in one phase."""
+
+    steps: list[model.Step]
+    cleanup: list[model.Step]
+    drains: list[model.Drain]
+    checks: list[model.Check]
+    version: model.VersionProbe | None
+    policy: tuple[int, float, float] | None
+
+
+class _Recipe:
+    """The pieces a host of one role works through in one phase, in five
+    groups (steps, cleanup, drains, checks, probes), and what is kept of
+    them for hosts without vars: a piece's value when it reads nothing of
+    `host` (`kept`), the whole block once every piece is kept."""
+
+    __slots__ = ("block", "ends", "kept", "phase", "pieces", "policy", "role")
+
+    def __init__(
+        self,
+        role: str,
+        phase: str,
+        groups: tuple[list[_Piece], ...],
+        policy: tuple[int, float, float] | None,
+    ) -> None:
+        self.role, self.phase, self.policy = role, phase, policy
+        self.pieces = [p for group in groups for p in group]
+        ends, at = [], 0
+        for group in groups:
+            at += len(group)
+            ends.append(at)
+        self.ends = tuple(ends)
+        self.kept: list[Any] = [_UNSET] * len(self.pieces)
+        self.block: _Block | None = None
+
+    def cut(self, values: list[Any]) -> _Block:
+        a, b, c, d, e = self.ends
+        return _Block(
+            values[:a],
+            values[a:b],
+            values[b:c],
+            values[c:d],
+            values[d] if e > d else None,
+            self.policy,
+        )
+
+
+_UNSET = object()
+_BASE = object()
+
+
+def _same(a: model.Step, b: model.Step) -> bool:
+    return (a.action, a.undo, a.check) == (b.action, b.undo, b.check)
+
+
+def _numbered(step: model.Step, step_id: str) -> model.Step:
+    return model.Step(
+        id=step_id,
+        name=step.name,
+        action=step.action,
+        undo=step.undo,
+        check=step.check,
+        idempotent=step.idempotent,
+        become=step.become,
+    )
+
+
+def _step_sources(spec: StepSpec) -> tuple[str | None, ...]:
+    undo = spec.undo if isinstance(spec.undo, str) or spec.undo is None else spec.undo.run
+    config = spec.config
+    if config is None:
+        return (spec.name, spec.run, undo, spec.check)
+    value = None if config.value is None else _scalar(config.value)
+    return (spec.name, config.file, config.section, config.key, value)
+
+
+def _step(
+    spec: StepSpec,
+    path: PathKey,
+    render: Renderer,
+    ctx: dict[str, Any],
+    host: str,
+    *,
+    inventory: Inventory,
+    become: bool,
+) -> model.Step:
+    timeout = spec.timeout if spec.timeout is not None else inventory.ssh.command_timeout
+    action: model.RunAction | model.ConfigAction | model.WaitAction
+    if spec.run is not None:
+        action = model.RunAction(
+            command=render(spec.run, ctx, (*path, "run"), host, "shell"),
+            ok_exit=tuple(spec.ok_exit),
+            repeat_while_exit=tuple(spec.repeat_while_exit),
+            repeat_interval=spec.repeat_interval,
+            repeat_max=spec.repeat_max,
+            timeout=timeout,
+        )
+        default_name = action.command
+    elif spec.config is not None:
+        c = spec.config
+        value = None if c.value is None else _scalar(c.value)
+        action = model.ConfigAction(
+            file=render(c.file, ctx, (*path, "config", "file"), host),
+            section=render(c.section, ctx, (*path, "config", "section"), host),
+            key=render(c.key, ctx, (*path, "config", "key"), host),
+            value=None if value is None else render(value, ctx, (*path, "config", "value"), host),
+        )
+        shown = "absent" if action.value is None else action.value
+        default_name = f"config {action.file} [{action.section}] {action.key} = {shown}"
+    else:
+        action = model.WaitAction(seconds=spec.wait or 0.0)
+        default_name = f"wait {action.seconds:g}s"
+    undo: model.RunAction | None = None
+    if isinstance(spec.undo, str):
+        undo = model.RunAction(
+            command=render(spec.undo, ctx, (*path, "undo"), host, "shell"), timeout=timeout
+        )
+    elif spec.undo is not None:
+        undo = model.RunAction(
+            command=render(spec.undo.run, ctx, (*path, "undo", "run"), host, "shell"),
+            ok_exit=tuple(spec.undo.ok_exit),
+            timeout=spec.undo.timeout if spec.undo.timeout is not None else timeout,
+        )
+    return model.Step(
+        id="",
+        name=render(spec.name, ctx, (*path, "name"), host) if spec.name else default_name,
+        action=action,
+        undo=undo,
+        check=render(spec.check, ctx, (*path, "check"), host, "shell") if spec.check else None,
+        idempotent=spec.idempotent or isinstance(action, model.ConfigAction | model.WaitAction),
+        become=become if spec.become is None else spec.become,
+    )
+
+
+def _scalar(value: str | int | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _drain(
+    spec: Any,
+    path: PathKey,
+    render: Renderer,
+    ctx: dict[str, Any],
+    host: str,
+    *,
+    inventory: Inventory,
+) -> model.Drain:
+    if spec.load_balancer is not None:
+        lb = inventory.load_balancers[spec.load_balancer]
+        return model.LoadBalancerDrain(
+            load_balancer=spec.load_balancer,
+            server=render(spec.server, ctx, (*path, "server"), host),
+            backend=lb.backend,
+            timeout=spec.timeout,
+        )
+    if spec.run is not None:
+        return model.RunDrain(
+            run=render(spec.run, ctx, (*path, "run"), host, "shell"),
+            undo=render(spec.undo, ctx, (*path, "undo"), host, "shell"),
+            wait_until=render(spec.wait_until, ctx, (*path, "wait_until"), host, "shell")
+            if spec.wait_until
+            else None,
+            timeout=spec.timeout,
+        )
+    return model.HttpDrain(
+        url=render(spec.http, ctx, (*path, "http"), host),
+        undo_url=render(spec.undo_http, ctx, (*path, "undo_http"), host),
+        method=spec.method,
+        timeout=spec.timeout,
+    )
+
+
+def _check(
+    spec: Any, path: PathKey, render: Renderer, ctx: dict[str, Any], host: str
+) -> model.Check:
+    if spec.http is not None:
+        return model.HttpCheck(
+            url=render(spec.http, ctx, (*path, "http"), host),
+            expect_status=spec.expect_status,
+            json_path=spec.json_path,
+            expect=render(spec.expect, ctx, (*path, "expect"), host) if spec.expect else None,
+            timeout=spec.timeout,
+        )
+    if spec.tcp is not None:
+        text = render(spec.tcp, ctx, (*path, "tcp"), host)
+        address, _, port = text.rpartition(":")
+        if not address or not port.isdigit() or not 0 < int(port) < 65536:
+            if text:  # an empty text means rendering already failed and was reported
+                render.report(
+                    (*path, "tcp"), f"expected ADDRESS:PORT, got '{text}' (for host {host})"
+                )
+            return model.TcpCheck(address=text, port=0, timeout=spec.timeout)
+        return model.TcpCheck(address=address.strip("[]"), port=int(port), timeout=spec.timeout)
+    return model.CommandCheck(
+        run=render(spec.run, ctx, (*path, "run"), host, "shell"), timeout=spec.timeout
+    )
+
+
+def _probe(
+    spec: Any, path: PathKey, render: Renderer, ctx: dict[str, Any], host: str
+) -> model.VersionProbe:
+    return model.VersionProbe(
+        http=render(spec.http, ctx, (*path, "http"), host) if spec.http else None,
+        json_path=spec.json_path,
+        run=render(spec.run, ctx, (*path, "run"), host, "shell") if spec.run else None,
+        timeout=spec.timeout,
+        releases=tuple((spec.releases or {}).items()),
+    )
