@@ -2,22 +2,27 @@
 
 Everything here is a frozen, slotted dataclass. Actions are data (a `kind`
 tag plus parameters) so a plan can be written to JSON, hashed, journaled and
-read back to resume. `to_json`/`from_json` go through one pydantic
-TypeAdapter, which also validates a plan read back from storage.
+read back to resume. `from_json` goes through one pydantic TypeAdapter,
+which validates a plan read back from storage; `to_json` and the digest are
+written by `orchestrator.planjson`, byte for byte what that adapter's JSON
+data gives.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-import pydantic_core
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 from pydantic import Field, TypeAdapter
+
+from orchestrator import planjson
 
 # --- actions: what one step does on one host --------------------------------
 
@@ -276,7 +281,7 @@ class Phase:
         return sum(len(b.hosts) for b in self.batches)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # weakref: its digest is kept
 class Plan:
     name: str
     from_version: str
@@ -294,9 +299,9 @@ class Plan:
     def digest(self) -> str:
         """sha256 of the canonical JSON form: same inputs, same digest.
 
-        Computed on each call (a 10,000-host plan takes a moment): keep it.
+        Computed once per plan (a 10,000-host plan takes a moment).
         """
-        return hashlib.sha256(canonical_bytes(self)).hexdigest()
+        return _digest(self)
 
     def host(self, name: str) -> HostTarget:
         for host in self.hosts:
@@ -325,22 +330,57 @@ def _adapter() -> TypeAdapter[Plan]:
     return TypeAdapter(Plan)
 
 
+# the values the compiler shares between host plans: planjson writes each
+# instance once per pass
+_SHARED: tuple[type, ...] = (
+    RunAction,
+    ConfigAction,
+    WaitAction,
+    LoadBalancerDrain,
+    RunDrain,
+    HttpDrain,
+    HttpCheck,
+    TcpCheck,
+    CommandCheck,
+    Health,
+    VersionProbe,
+)
+# Plan.digest of plans alive: their id -> digest (a plan is immutable); an
+# entry leaves with its plan
+_DIGESTS: dict[int, str] = {}
+
+
+def _digest(plan: Plan) -> str:
+    found = _DIGESTS.get(id(plan))
+    if found is None:
+        sha = hashlib.sha256()
+        for chunk in planjson.canonical_chunks(plan, _SHARED):
+            sha.update(chunk.encode())
+        found = _DIGESTS[id(plan)] = sha.hexdigest()
+        weakref.finalize(plan, _DIGESTS.pop, id(plan), None)
+    return found
+
+
 def to_data(plan: Plan) -> dict[str, Any]:
     data: dict[str, Any] = _adapter().dump_python(plan, mode="json")
     return data
 
 
 def canonical_bytes(plan: Plan) -> bytes:
-    return json.dumps(to_data(plan), sort_keys=True, separators=(",", ":")).encode()
+    """What the digest hashes: ``json.dumps(to_data(plan), sort_keys=True,
+    separators=(",", ":"))``, written without building `to_data`."""
+    return "".join(planjson.canonical_chunks(plan, _SHARED)).encode()
+
+
+def json_chunks(plan: Plan, *, indent: int | None = 2) -> Iterator[str]:
+    """`to_json` in pieces (a host plan at most): for writing a plan as it goes."""
+    return planjson.shown_chunks(plan, plan.digest, _SHARED, indent)
 
 
 def to_json(plan: Plan, *, indent: int | None = 2) -> str:
-    data = to_data(plan)
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
-    # pydantic_core's encoder: json.dumps with indent falls back to the
-    # pure-Python encoder, 6 s of a 10,000-host plan
-    text = pydantic_core.to_json({"digest": digest.hexdigest(), **data}, indent=indent)
-    return text.decode()
+    """``pydantic_core.to_json({"digest": plan.digest, **to_data(plan)})``,
+    written without building `to_data`."""
+    return "".join(json_chunks(plan, indent=indent))
 
 
 def from_data(data: dict[str, Any]) -> Plan:
