@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator import source
 from orchestrator.errors import InputError, Problem
 from orchestrator.source import Document, dotted, load_file, load_text, suggest, validate
 
@@ -266,3 +267,45 @@ def test_input_error_sorts_problems_by_position() -> None:
 
     assert [p.message for p in error.problems] == ["unlocated", "early", "late"]
     assert error.exit_code == 2
+
+
+# --- limits: measured only when the parser's events cannot rule them out ------
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        ("[" * 63 + "1" + "]" * 63, False),
+        ("[" * 64 + "]" * 64, False),  # 64 collections, nothing deeper
+        ("[" * 64 + "1" + "]" * 64, True),  # the scalar is the 65th level
+        ("[" * 65 + "]" * 65, True),
+    ],
+)
+def test_nesting_is_bounded_at_max_depth_levels(text: str, refused: bool) -> None:
+    if not refused:
+        load_text(text, "deep.yaml")
+        return
+    with pytest.raises(InputError, match="nests deeper than 64 levels"):
+        load_text(text, "deep.yaml")
+
+
+def test_values_are_counted_without_aliases_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(source, "MAX_NODES", 10)
+
+    load_text("[" + ", ".join(["1"] * 9) + "]", "ok.yaml")  # 10 values with the list
+    with pytest.raises(InputError, match="expands through YAML aliases to more than 10 values"):
+        load_text("[" + ", ".join(["1"] * 10) + "]", "big.yaml")
+
+
+def test_aliases_are_measured_and_one_referring_to_itself_is_refused() -> None:
+    doc = load_text("base: &b {a: 1}\ncopy: *b\n", "alias.yaml")
+    assert doc.data == {"base": {"a": 1}, "copy": {"a": 1}}
+
+    with pytest.raises(InputError, match="a YAML alias refers to itself"):
+        load_text("a: &x [*x]\n", "loop.yaml")
+
+
+def test_plain_strings_and_tagged_scalars_read_as_yaml_reads_them() -> None:
+    doc = load_text("a: text\nb: !!str 12\nc: 12\nd: '12'\ne: !!binary aGk=\n", "t.yaml")
+
+    assert doc.data == {"a": "text", "b": "12", "c": 12, "d": "12", "e": b"hi"}
