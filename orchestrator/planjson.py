@@ -53,43 +53,93 @@ Encode = Callable[[Any, int], str]
 def _layout(cls: type, *, canonical: bool, colon: str) -> tuple[Layout, dict[str, Any]]:
     """How instances of the dataclass `cls` are written: per field, its name,
     its key text, and the `exclude_if` of its pydantic Field, if any (sorted
-    by name for the canonical form); and the fields' types."""
+    by name for the canonical form); and the fields' types, unannotated."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    fields = []
+    fields, types = [], {}
     for field in dataclasses.fields(cls):
-        exclude = None
-        for meta in getattr(hints[field.name], "__metadata__", ()):
-            if isinstance(meta, FieldInfo) and meta.exclude_if is not None:
-                exclude = meta.exclude_if
+        hint, exclude = hints[field.name], None
+        if typing.get_origin(hint) is typing.Annotated:
+            for meta in hint.__metadata__:
+                if isinstance(meta, FieldInfo) and meta.exclude_if is not None:
+                    exclude = meta.exclude_if
+            hint = hint.__origin__
         fields.append((field.name, f'"{field.name}"{colon}', exclude))
-    return tuple(sorted(fields) if canonical else fields), hints
+        types[field.name] = hint
+    return tuple(sorted(fields) if canonical else fields), types
+
+
+def _is_dataclass_type(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def _is_text_literal(hint: Any) -> bool:
+    """``Literal["run"]``: a str the validator allowed."""
+    args = typing.get_args(hint)
+    return typing.get_origin(hint) is typing.Literal and all(type(a) is str for a in args)
+
+
+def _nests(cls: type) -> bool:
+    """Whether `cls` has a field holding a tuple of dataclasses (a plan's
+    phases, a phase's batches, a batch's host plans): one worth streaming."""
+    _, types = _layout(cls, canonical=False, colon="")
+    for hint in types.values():
+        if typing.get_origin(hint) is tuple:
+            args = typing.get_args(hint)
+            members = typing.get_args(args[0]) or args[:1] if args else ()
+            if any(_is_dataclass_type(m) for m in members):
+                return True
+    return False
 
 
 def _encoder(writer: _Writer, cls: type) -> Encode:
     """A function writing an instance of `cls` at a depth: one expression per
-    field, in order, so a host plan's hundred values cost no loop. A `str`
-    (or `str | None`, `bool`) field is written directly, any other through
-    `writer.text`."""
-    layout, hints = _layout(cls, canonical=writer.canonical, colon=writer.colon)
-    names = {"s": writer.string, "text": writer.text, "pads": writer.pads}
-    body = ["def encode(o, d):", "    p = pads[d + 1]", "    e = d + 1", "    parts = []"]
+    field, in order, so a host plan's hundred values cost no loop. A field
+    whose type says what it holds (str, a Literal of strings, int, bool,
+    float, tuple[str, ...], an optional) is written directly or through
+    the helper for it, any other through `writer.text`. A str field
+    holding anything else is refused (encode_basestring raises TypeError)."""
+    layout, types = _layout(cls, canonical=writer.canonical, colon=writer.colon)
+    names: dict[str, Any] = {
+        "s": writer.string,
+        "fl": writer.float,
+        "strs": writer.strings,
+        "seq": writer.sequence,
+        "text": writer.text,
+        "pads": writer.pads,
+    }
+    body = ["def encode(o, d):", "    p = pads[d + 1]", "    e = d + 1", "    parts = ["]
     for n, (name, key, exclude) in enumerate(layout):
         names[f"k{n}"] = key
-        hint = hints[name]
-        if hint is str:
+        hint = types[name]
+        if hint is str or _is_text_literal(hint):
             value = f"s(o.{name})"
         elif hint == str | None:
             value = f'("null" if o.{name} is None else s(o.{name}))'
+        elif type(None) in typing.get_args(hint):
+            value = f'("null" if o.{name} is None else text(o.{name}, e))'
+        elif hint is int:
+            value = f"(int.__repr__(o.{name}) if type(o.{name}) is int else text(o.{name}, e))"
         elif hint is bool:
             value = f'("true" if o.{name} else "false")'
+        elif hint is float:
+            value = f"fl(o.{name})"
+        elif hint == tuple[str, ...]:
+            value = f"strs(o.{name}, e)"
+        elif typing.get_origin(hint) is tuple and typing.get_args(hint)[1:] == (Ellipsis,):
+            value = f"seq(o.{name}, e)"
         else:
             value = f"text(o.{name}, e)"
         if exclude is None:
-            body.append(f"    parts.append(k{n} + {value})")
-        else:
+            body.append(f"        k{n} + {value},")
+        else:  # left out when its exclude_if holds
             names[f"x{n}"] = exclude
-            body.append(f"    if not x{n}(o.{name}):")
-            body.append(f"        parts.append(k{n} + {value})")
+            body += [
+                "    ]",
+                f"    if not x{n}(o.{name}):",
+                f"        parts.append(k{n} + {value})",
+            ]
+            body.append("    parts += [")
+    body.append("    ]")
     body.append('    if not parts:\n        return "{}"')
     body.append('    return "{" + p + ("," + p).join(parts) + pads[d] + "}"')
     exec("\n".join(body), names)
@@ -98,42 +148,54 @@ def _encoder(writer: _Writer, cls: type) -> Encode:
 
 class _Writer:
     """One pass over a plan in one form. `shared` are the classes whose
-    instances the compiler shares: their text is kept for the pass."""
+    instances the compiler shares: their text is kept for the pass, per
+    depth (indentation differs)."""
 
     def __init__(
         self, *, canonical: bool, shared: tuple[type, ...], indent: int | None = 2
     ) -> None:
         self.canonical = canonical
         self.shared = frozenset(shared)
-        self.memo: dict[tuple[int, int], str] = {}
+        self.memo: list[dict[int, str]] = [{} for _ in range(MAX_DEPTH)]
         self.floats: dict[float, str] = {}
         self.string = encode_basestring_ascii if canonical else encode_basestring
         self.pads = _pads(None if canonical else indent)
         self.colon = ": " if self.pads[0] else ":"
         self.encoders: dict[type, Encode] = {}
         self.layouts: dict[type, Layout] = {}
+        self.nesting: dict[type, bool] = {}
 
     def chunks(self, obj: Any, depth: int = 0) -> Iterator[str]:
-        """The text of `obj` in pieces: a piece per element down to STREAM_DEPTH."""
-        if isinstance(obj, tuple | list):
-            items: list[tuple[str, Any]] = [("", v) for v in obj]
-            opening, closing = "[", "]"
-        else:
-            items = self._fields(obj)
-            opening, closing = "{", "}"
-        if not items:
-            yield opening + closing
-            return
-        yield opening
-        inner = self.pads[depth + 1]
-        for n, (key, value) in enumerate(items):
-            head = ("," if n else "") + inner + key
-            if depth + 1 < STREAM_DEPTH and _is_container(value):
-                yield head
-                yield from self.chunks(value, depth + 1)
-            else:
+        """The text of the dataclass `obj` in pieces: each element of its
+        tuples of dataclasses one piece, or streamed the same way while above
+        STREAM_DEPTH (a plan's phases, their batches, their host plans)."""
+        pads = self.pads
+        yield "{"
+        for n, (key, value) in enumerate(self._fields(obj)):
+            head = ("," if n else "") + pads[depth + 1] + key
+            if not (type(value) is tuple and value and self._streams(value[0], depth + 2)):
                 yield head + self.text(value, depth + 1)
-        yield self.pads[depth] + closing
+                continue
+            yield head + "["
+            for m, element in enumerate(value):
+                lead = ("," if m else "") + pads[depth + 2]
+                if self._streams(element, depth + 3):
+                    yield lead
+                    yield from self.chunks(element, depth + 2)
+                else:
+                    yield lead + self.text(element, depth + 2)
+            yield pads[depth + 1] + "]"
+        yield pads[depth] + "}"
+
+    def _streams(self, element: Any, depth: int) -> bool:
+        """Whether a tuple element at `depth` - 1 is streamed rather than written whole."""
+        if depth > STREAM_DEPTH:
+            return False
+        cls = type(element)
+        found = self.nesting.get(cls)
+        if found is None:
+            found = self.nesting[cls] = _is_dataclass_type(cls) and _nests(cls)
+        return found
 
     def text(self, obj: Any, depth: int) -> str:
         kind = type(obj)
@@ -143,17 +205,17 @@ class _Writer:
         if encode is not None:
             if kind not in self.shared:
                 return encode(obj, depth)
-            key = (id(obj), depth)
-            found = self.memo.get(key)
+            memo = self.memo[depth]
+            found = memo.get(id(obj))
             if found is None:
-                found = self.memo[key] = encode(obj, depth)
+                found = memo[id(obj)] = encode(obj, depth)
             return found
         if kind is bool:
             return "true" if obj else "false"
         if kind is int:
             return int.__repr__(obj)
         if kind is float:
-            return self._float(obj)
+            return self.float(obj)
         if obj is None:
             return "null"
         if kind is tuple or kind is list:
@@ -162,27 +224,32 @@ class _Writer:
             inner = self.pads[depth + 1]
             body = ("," + inner).join([self.text(v, depth + 1) for v in obj])
             return "[" + inner + body + self.pads[depth] + "]"
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        if _is_dataclass_type(kind):
             self.encoders[kind] = _encoder(self, kind)
             return self.text(obj, depth)
         raise TypeError(f"a plan holds no {kind.__name__}: {obj!r}")
 
-    def _fields(self, obj: Any) -> list[tuple[str, Any]]:
-        cls = type(obj)
-        layout = self.layouts.get(cls)
-        if layout is None:
-            if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
-                raise TypeError(f"expected a dataclass, got {cls.__name__}")
-            layout = _layout(cls, canonical=self.canonical, colon=self.colon)[0]
-            self.layouts[cls] = layout
-        out = []
-        for name, key, exclude in layout:
-            value = getattr(obj, name)
-            if exclude is None or not exclude(value):
-                out.append((key, value))
-        return out
+    def sequence(self, values: tuple[Any, ...], depth: int) -> str:
+        if not values:
+            return "[]"
+        inner = self.pads[depth + 1]
+        text, below = self.text, depth + 1
+        body = ("," + inner).join([text(v, below) for v in values])
+        return "[" + inner + body + self.pads[depth] + "]"
 
-    def _float(self, value: float) -> str:
+    def strings(self, values: tuple[str, ...], depth: int) -> str:
+        if not values:
+            return "[]"
+        inner = self.pads[depth + 1]
+        if all(type(v) is str for v in values):
+            body = ("," + inner).join(map(self.string, values))
+        else:  # not what the type says: written as what it is
+            body = ("," + inner).join([self.text(v, depth + 1) for v in values])
+        return "[" + inner + body + self.pads[depth] + "]"
+
+    def float(self, value: float) -> str:
+        if type(value) is not float:  # not what the type says: written as what it is
+            return self.text(value, 0)
         # json.dumps writes 1e-07 and Infinity, pydantic_core 1e-7 and Infinity
         if value == 0.0 or value != value:  # noqa: PLR0124 - -0.0 == 0.0; NaN != NaN
             return json.dumps(value) if self.canonical else pydantic_core.to_json(value).decode()
@@ -192,11 +259,20 @@ class _Writer:
             self.floats[value] = found
         return found
 
-
-def _is_container(value: Any) -> bool:
-    if isinstance(value, tuple | list):
-        return bool(value)
-    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+    def _fields(self, obj: Any) -> list[tuple[str, Any]]:
+        cls = type(obj)
+        layout = self.layouts.get(cls)
+        if layout is None:
+            if not _is_dataclass_type(cls):
+                raise TypeError(f"expected a dataclass, got {cls.__name__}")
+            layout = _layout(cls, canonical=self.canonical, colon=self.colon)[0]
+            self.layouts[cls] = layout
+        out = []
+        for name, key, exclude in layout:
+            value = getattr(obj, name)
+            if exclude is None or not exclude(value):
+                out.append((key, value))
+        return out
 
 
 def canonical_chunks(plan: Any, shared: tuple[type, ...]) -> Iterator[str]:
@@ -210,7 +286,6 @@ def shown_chunks(
     """The shown form of `plan`, `digest` first, in pieces."""
     writer = _Writer(canonical=False, shared=shared, indent=indent)
     pieces = writer.chunks(plan)
-    if next(pieces) != "{":  # a plan always has fields
-        raise TypeError("a plan is written as a JSON object")
+    next(pieces)  # "{"
     yield "{" + writer.pads[1] + '"digest"' + writer.colon + encode_basestring(digest) + ","
     yield from pieces
