@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Literal
 
 from packaging.version import Version
@@ -68,6 +67,7 @@ class _Compiler:
         self.inv_render = Renderer(inv_doc, self.problems, seen, templates)
         self.pb_render = Renderer(pb_doc, self.problems, seen, templates)
         self.groups = {role: inventory.role_hosts(role) for role in inventory.all_roles()}
+        self._members: dict[tuple[str, ...], list[Member]] = {}
 
     def compile(self, options: Options) -> model.Plan:
         inventory, playbook = self.inventory, self.playbook
@@ -90,7 +90,7 @@ class _Compiler:
             to_version=to_version,
             inventory=inventory.name or _stem(self.inv_doc.name),
             on_failure=options.on_failure or playbook.on_failure,
-            hosts=tuple(_target(inventory, name) for name in inventory.hosts),
+            hosts=_targets(inventory),
             load_balancers=tuple(
                 model.LoadBalancerTarget(
                     name=name,
@@ -149,11 +149,9 @@ class _Compiler:
                 f"limited by {why}"
             )
         batches: list[model.Batch] = []
-        plan_host = partial(
-            self.procedures.host_plan, index, phase, drain=drain, health=health, verify=verify
-        )
+        duties = (drain, health, verify)
         for b, cut in enumerate(cuts, start=1):
-            host_plans = tuple(plan_host(name=name) for name in cut.hosts)
+            host_plans = self.procedures.host_plans(index, phase, cut.hosts, duties)
             batches.append(
                 model.Batch(
                     index=b,
@@ -279,12 +277,17 @@ class _Compiler:
             else:
                 name = inventory.role_hosts(role)[0]
             return [Member(name, inventory.hosts[name].zone, (role,))]
-        wanted = set(phase.roles)
-        return [
-            Member(name, host.zone, tuple(r for r in phase.roles if r in host.roles))
-            for name, host in inventory.hosts.items()
-            if wanted.intersection(host.roles)
-        ]
+        # phases of the same roles have the same members (nova has three of them)
+        key = tuple(phase.roles)
+        found = self._members.get(key)
+        if found is None:
+            wanted = set(phase.roles)
+            found = self._members[key] = [
+                Member(name, host.zone, tuple(r for r in phase.roles if r in host.roles))
+                for name, host in inventory.hosts.items()
+                if wanted.intersection(host.roles)
+            ]
+        return found
 
     def gate(self, gate: Any, gi: int, phase: Phase, where: PathKey) -> model.Gate:
         inventory, groups, procedures = self.inventory, self.groups, self.procedures
@@ -377,27 +380,30 @@ def _versions(
     return from_v or "", to_v
 
 
-def _target(inventory: Inventory, name: str) -> model.HostTarget:
-    host = inventory.hosts[name]
+def _targets(inventory: Inventory) -> tuple[model.HostTarget, ...]:
+    """How to reach each host: the inventory's ssh settings, a host's own over them."""
     ssh = inventory.ssh
-    over = host.ssh
-
-    def pick(field: str) -> Any:
-        value = getattr(over, field) if over is not None else None
-        return getattr(ssh, field) if value is None else value
-
-    return model.HostTarget(
-        name=name,
-        address=host.address,
-        port=pick("port"),
-        user=pick("user"),
-        key=pick("key"),
-        known_hosts=pick("known_hosts"),
-        verify_host_keys=pick("verify_host_keys"),
-        become=pick("become"),
-        roles=tuple(host.roles),
-        zone=host.zone,
-        connect_timeout=ssh.connect_timeout,
-        command_timeout=ssh.command_timeout,
-        keepalive_interval=ssh.keepalive_interval,
-    )
+    fields = ("port", "user", "key", "known_hosts", "verify_host_keys", "become")
+    defaults: dict[str, Any] = {f: getattr(ssh, f) for f in fields}
+    common: dict[str, Any] = {
+        "connect_timeout": ssh.connect_timeout,
+        "command_timeout": ssh.command_timeout,
+        "keepalive_interval": ssh.keepalive_interval,
+    }
+    targets = []
+    for name, host in inventory.hosts.items():
+        picked = defaults
+        if host.ssh is not None:
+            over = host.ssh
+            picked = {f: v if (v := getattr(over, f)) is not None else defaults[f] for f in fields}
+        targets.append(
+            model.HostTarget(
+                name=name,
+                address=host.address,
+                roles=tuple(host.roles),
+                zone=host.zone,
+                **picked,
+                **common,
+            )
+        )
+    return tuple(targets)

@@ -46,6 +46,20 @@ class Renderer:
             self.report(path, f"{exc.message} (for host {host})")
             return ""
 
+    def many(
+        self,
+        items: Sequence[tuple[str, PathKey]],
+        ctx: dict[str, Any],
+        host: str,
+        flavour: Flavour = "text",
+    ) -> list[str]:
+        """Several templates of one flavour: rendered together when Jinja
+        allows, else one by one (which also locates a failure)."""
+        together = self.templates.render_all(tuple(s for s, _ in items), ctx, flavour)
+        if together is not None:
+            return together
+        return [self(source, ctx, path, host, flavour) for source, path in items]
+
     def report(self, path: PathKey, message: str) -> None:
         key = (self.doc.name, path)
         if key not in self.seen:
@@ -88,56 +102,81 @@ class Procedures:
             ctx = self._contexts[name] = {**self.base, **self._host(name).layer}
         return {**ctx, "role": role, "phase": phase}
 
-    def host_plan(
+    def host_plans(
+        self, index: int, phase: Phase, names: Sequence[str], duties: tuple[bool, bool, bool]
+    ) -> tuple[model.HostPlan, ...]:
+        """The host plans of hosts `names` in phase `index`; `duties` says
+        whether the phase drains, health-checks and verifies the version."""
+        hosts, role_tuples, recipes = self._hosts, self._role_tuples, self._recipes
+        health_of, block_of, new_step = self._health, self._block, _numbered
+        plans = []
+        for name in names:
+            host = hosts.get(name) or self._host(name)
+            roles = role_tuples.get((index, id(host.roles)))
+            if roles is None:
+                roles = tuple(r for r in phase.roles if r in host.roles)
+                role_tuples[(index, id(host.roles))] = roles
+            if len(roles) == 1:
+                recipe = recipes.get((index, roles[0], host.become)) or self._recipe(
+                    index, phase, roles[0], host.become, duties
+                )
+                block = (host.plain and recipe.block) or block_of(recipe, host)
+                steps, cleanup, drains, checks, version, policy = block
+                health = health_of(tuple(checks), [policy]) if checks and policy else None
+            else:
+                steps, cleanup, drains, health, version = self._roles(
+                    index, phase, roles, host, duties
+                )
+            prefix = f"{phase.name}/{name}/"
+            plans.append(
+                model.HostPlan(
+                    host=name,
+                    roles=roles,
+                    steps=tuple([new_step(s, f"{prefix}{n}") for n, s in enumerate(steps, 1)]),
+                    cleanup=tuple(
+                        [new_step(s, f"{prefix}cleanup-{n}") for n, s in enumerate(cleanup, 1)]
+                    ),
+                    drains=tuple(drains),
+                    health=health,
+                    version=version,
+                )
+            )
+        return tuple(plans)
+
+    def _roles(
         self,
         index: int,
         phase: Phase,
-        *,
-        drain: bool,
-        health: bool,
-        verify: bool,
-        name: str,
-    ) -> model.HostPlan:
-        host = self._hosts.get(name) or self._host(name)
-        roles = self._role_tuples.get((index, id(host.roles)))
-        if roles is None:
-            roles = tuple(r for r in phase.roles if r in host.roles)
-            self._role_tuples[(index, id(host.roles))] = roles
-        duties = (drain, health, verify)
-        if len(roles) == 1:
-            block = self._block(self._recipe(index, phase, roles[0], host.become, duties), host)
-            steps, cleanup, drains, checks, version, _ = block
-            policy = [block.policy] if block.policy is not None else []
-        else:
-            steps, cleanup, drains, checks, policy = [], [], [], [], []
-            version = None
-            for role in roles:
-                block = self._block(self._recipe(index, phase, role, host.become, duties), host)
-                # a host with several of the phase's roles runs each role's
-                # steps, but a step that renders the same for a later role is
-                # not repeated
-                earlier, earlier_cleanup = steps[:], cleanup[:]
-                steps += [s for s in block.steps if not any(_same(s, e) for e in earlier)]
-                cleanup += [
-                    s for s in block.cleanup if not any(_same(s, e) for e in earlier_cleanup)
-                ]
-                drains += block.drains
-                if block.policy is not None:
-                    checks += block.checks
-                    policy.append(block.policy)
-                version = version or block.version
-        prefix = f"{phase.name}/{name}/"
-        return model.HostPlan(
-            host=name,
-            roles=roles,
-            steps=tuple([_numbered(s, f"{prefix}{n}") for n, s in enumerate(steps, start=1)]),
-            cleanup=tuple(
-                [_numbered(s, f"{prefix}cleanup-{n}") for n, s in enumerate(cleanup, start=1)]
-            ),
-            drains=tuple(drains),
-            health=self._health(tuple(checks), policy) if checks else None,
-            version=version,
-        )
+        roles: tuple[str, ...],
+        host: _Host,
+        duties: tuple[bool, bool, bool],
+    ) -> tuple[
+        list[model.Step],
+        list[model.Step],
+        list[model.Drain],
+        model.Health | None,
+        model.VersionProbe | None,
+    ]:
+        """What a host holding several of the phase's roles does: each role's
+        steps, but not a step that renders the same as an earlier role's."""
+        steps: list[model.Step] = []
+        cleanup: list[model.Step] = []
+        drains: list[model.Drain] = []
+        checks: list[model.Check] = []
+        policy: list[tuple[int, float, float]] = []
+        version = None
+        for role in roles:
+            block = self._block(self._recipe(index, phase, role, host.become, duties), host)
+            earlier, earlier_cleanup = steps[:], cleanup[:]
+            steps += [s for s in block.steps if not any(_same(s, e) for e in earlier)]
+            cleanup += [s for s in block.cleanup if not any(_same(s, e) for e in earlier_cleanup)]
+            drains += block.drains
+            if block.policy is not None:
+                checks += block.checks
+                policy.append(block.policy)
+            version = version or block.version
+        health = self._health(tuple(checks), policy) if checks else None
+        return steps, cleanup, drains, health, version
 
     def _block(self, recipe: _Recipe, host: _Host) -> _Block:
         """What `host` does as the recipe's role in its phase. For a host
@@ -536,20 +575,17 @@ def _drain(
             timeout=spec.timeout,
         )
     if spec.run is not None:
+        items = [(spec.run, (*path, "run")), (spec.undo, (*path, "undo"))]
+        if spec.wait_until:
+            items.append((spec.wait_until, (*path, "wait_until")))
+        run, undo, *wait = render.many(items, ctx, host, "shell")
         return model.RunDrain(
-            run=render(spec.run, ctx, (*path, "run"), host, "shell"),
-            undo=render(spec.undo, ctx, (*path, "undo"), host, "shell"),
-            wait_until=render(spec.wait_until, ctx, (*path, "wait_until"), host, "shell")
-            if spec.wait_until
-            else None,
-            timeout=spec.timeout,
+            run=run, undo=undo, wait_until=wait[0] if wait else None, timeout=spec.timeout
         )
-    return model.HttpDrain(
-        url=render(spec.http, ctx, (*path, "http"), host),
-        undo_url=render(spec.undo_http, ctx, (*path, "undo_http"), host),
-        method=spec.method,
-        timeout=spec.timeout,
+    url, undo_url = render.many(
+        [(spec.http, (*path, "http")), (spec.undo_http, (*path, "undo_http"))], ctx, host
     )
+    return model.HttpDrain(url=url, undo_url=undo_url, method=spec.method, timeout=spec.timeout)
 
 
 def _check(

@@ -123,6 +123,9 @@ class _Compiled:
     names: tuple[str, ...]
     # per name read only as ``name.FIELD`` / ``name['FIELD']``, those fields
     fields: Mapping[str, tuple[str, ...]]
+    # text and {{ expressions }} only, no statements, no final newline: it
+    # renders the same joined to others (`Templates.render_all`)
+    joinable: bool
 
 
 @lru_cache(maxsize=4096)  # a daemon compiles the plans it is sent: bounded
@@ -138,7 +141,31 @@ def _compile(flavour: Flavour, source: str) -> _Compiled:
     # added later; ours never change, and every render copies them: a plain
     # dict copies three times faster
     template.globals = dict(template.globals)
-    return _Compiled(template, tuple(sorted(names)), _fields_read(ast, names))
+    joinable = all(isinstance(n, nodes.Output) for n in ast.body) and not source.endswith(
+        ("\n", "\r")  # Jinja drops a template's final newline, not one inside
+    )
+    return _Compiled(template, tuple(sorted(names)), _fields_read(ast, names), joinable)
+
+
+# between templates rendered together: text no template holds (refused
+# otherwise) and a rendered value holding it is noticed (too many parts)
+_SEPARATOR = "\x00\x1f\x1e\x00"
+
+
+@lru_cache(maxsize=1024)
+def _joined(flavour: Flavour, sources: tuple[str, ...]) -> _Compiled | None:
+    """The templates `sources` as one, or None when they do not render the
+    same that way (fewer than two, a statement, a final newline, the
+    separator in one)."""
+    if len(sources) < 2:
+        return None
+    try:
+        each = [_compile(flavour, source) for source in sources]
+    except TemplateError:
+        return None
+    if not all(c.joinable for c in each) or any(_SEPARATOR in source for source in sources):
+        return None
+    return _compile(flavour, _SEPARATOR.join(sources))
 
 
 def _fields_read(ast: nodes.Template, names: set[str]) -> dict[str, tuple[str, ...]]:
@@ -207,7 +234,8 @@ class Templates:
     held by the key so the identity stays its own. The sandbox keeps every
     value immutable to templates, so a value cannot change under its key.
     Failures are not cached: their messages suggest names from the whole
-    context. `renders` counts the renders that ran.
+    context. `renders` counts the templates rendered (three rendered in one
+    Jinja render count three).
     """
 
     __slots__ = ("_results", "renders")
@@ -219,11 +247,35 @@ class Templates:
     def render(self, source: str, context: Mapping[str, Any], flavour: Flavour = "text") -> str:
         if not is_template(source):
             return source
-        compiled = _compile(flavour, source)
+        return self._result(_compile(flavour, source), context, 1)
+
+    def render_all(
+        self, sources: tuple[str, ...], context: Mapping[str, Any], flavour: Flavour = "text"
+    ) -> list[str] | None:
+        """Each of `sources` rendered, in one Jinja render when they allow it
+        (text and expressions only: ``{{ }}`` has no side effects, so each
+        part renders as it would alone); None when they do not, or one
+        fails: render them one by one then, to learn which and why."""
+        spots = [n for n, source in enumerate(sources) if is_template(source)]
+        joined = _joined(flavour, tuple(sources[n] for n in spots))
+        if joined is None:
+            return None
+        try:
+            parts = self._result(joined, context, len(spots)).split(_SEPARATOR)
+        except TemplateError:
+            return None
+        if len(parts) != len(spots):
+            return None
+        out = list(sources)  # text without Jinja syntax is returned as it is
+        for n, part in zip(spots, parts, strict=True):
+            out[n] = part
+        return out
+
+    def _result(self, compiled: _Compiled, context: Mapping[str, Any], count: int) -> str:
         key = (compiled, *_key(compiled.names, compiled.fields, context))
         result = self._results.get(key)
         if result is None:
-            self.renders += 1
+            self.renders += count
             result = _render(compiled, context)
             self._results[key] = result
         return result

@@ -11,6 +11,7 @@ import pytest
 from orchestrator.errors import TemplateError
 from orchestrator.templating import (
     SECRET_MARKER,
+    Flavour,
     Namespace,
     Raw,
     Secrets,
@@ -345,3 +346,61 @@ def test_the_cache_keeps_the_sandbox() -> None:
     for _ in range(2):
         with pytest.raises(TemplateError, match="not allowed by the sandbox"):
             templates.render("{{ items.append(3) }}", {"items": [1, 2]})
+
+
+# --- several templates in one render -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        ("disable {{ host.name }}", "enable {{ host.name }}", "test {{ host.address }}"),
+        ("{{ x | upper }}", "a {{- ' b ' -}} c", "{{ y if y else 'none' }}", "plain {x}"),
+        ("{{ secrets.db_password }}", "{{ x | quote }} {{ x | raw }}"),
+    ],
+)
+@pytest.mark.parametrize("flavour", ["text", "shell"])
+def test_templates_rendered_together_render_as_they_do_alone(
+    sources: tuple[str, ...], flavour: Flavour
+) -> None:
+    ctx = {**_ctx(x="two words", y=""), "host": _host("cmp-1", "10.0.0.1")}
+
+    together = Templates().render_all(sources, ctx, flavour)
+
+    assert together == [render(s, ctx, flavour) for s in sources]
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        ("{% set x = 'leak' %}{{ x }}", "{{ x }}"),  # a statement: could leak into the next
+        ("line\n", "{{ x }}"),  # Jinja drops a template's last newline, not one inside
+        ("{{ x }}\x00\x1f\x1e\x00", "{{ x }}"),  # the separator itself
+        ("{{ x }}", "{{ missing }}"),  # one fails: rendered alone, it says which
+    ],
+)
+def test_templates_that_would_render_differently_together_are_not_joined(
+    sources: tuple[str, ...],
+) -> None:
+    assert Templates().render_all(sources, _ctx(x="v")) is None
+
+
+def test_a_value_holding_the_separator_is_noticed() -> None:
+    ctx = _ctx(x="a\x00\x1f\x1e\x00b")
+
+    assert Templates().render_all(("{{ x }}", "{{ x }}"), ctx) is None
+
+
+def test_templates_rendered_together_count_as_each_rendered() -> None:
+    templates = Templates()
+    for c in _contexts(3):
+        templates.render_all(("on {{ host.name }}", "off {{ host.name }}"), c, "shell")
+
+    assert templates.renders == 6
+
+
+def test_text_without_jinja_syntax_is_returned_as_it_is_even_among_templates() -> None:
+    # Jinja would turn this \r\n into \n; render() leaves text that is not a template alone
+    sources = ("a\r\nb {x}", "{{ x }}", "{{ x }}!")
+
+    assert Templates().render_all(sources, _ctx(x="v")) == ["a\r\nb {x}", "v", "v!"]
