@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from collections.abc import Callable, Iterator
 from json.encoder import encode_basestring, encode_basestring_ascii
@@ -72,6 +73,31 @@ def _is_dataclass_type(hint: Any) -> bool:
     return isinstance(hint, type) and dataclasses.is_dataclass(hint)
 
 
+def _element(hint: Any) -> Any:
+    """T of ``tuple[T, ...]``, else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        element = args[0]
+        if typing.get_origin(element) is typing.Annotated:
+            element = element.__origin__
+        return element
+    return None
+
+
+def _classes(hint: Any) -> frozenset[type]:
+    """The dataclasses a field of this type holds, when it holds nothing else
+    but None (a union of dataclasses, optional or not); else empty."""
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = hint.__origin__
+    members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if typing.get_origin(hint) is typing.Union:
+        members = typing.get_args(hint)
+    found = [m for m in members if m is not type(None)]
+    if found and all(_is_dataclass_type(m) for m in found):
+        return frozenset(found)
+    return frozenset()
+
+
 def _is_text_literal(hint: Any) -> bool:
     """``Literal["run"]``: a str the validator allowed."""
     args = typing.get_args(hint)
@@ -104,17 +130,30 @@ def _encoder(writer: _Writer, cls: type) -> Encode:
         "fl": writer.float,
         "strs": writer.strings,
         "seq": writer.sequence,
+        "seq_shared": writer.shared_sequence,
+        "seq_of": writer.sequence_of,
         "text": writer.text,
         "pads": writer.pads,
+        "memo": writer.memo,
     }
-    body = ["def encode(o, d):", "    p = pads[d + 1]", "    e = d + 1", "    parts = ["]
+    body = [
+        "def encode(o, d):",
+        "    p = pads[d + 1]",
+        "    e = d + 1",
+        "    m = memo[e]",
+        "    parts = [",
+    ]
     for n, (name, key, exclude) in enumerate(layout):
         names[f"k{n}"] = key
         hint = types[name]
+        classes = _classes(hint)
+        element = _element(hint)
         if hint is str or _is_text_literal(hint):
             value = f"s(o.{name})"
         elif hint == str | None:
             value = f'("null" if o.{name} is None else s(o.{name}))'
+        elif classes and classes <= writer.shared:  # a shared value (or None): kept text first
+            value = f'("null" if (v := o.{name}) is None else (m.get(id(v)) or text(v, e)))'
         elif type(None) in typing.get_args(hint):
             value = f'("null" if o.{name} is None else text(o.{name}, e))'
         elif hint is int:
@@ -123,9 +162,14 @@ def _encoder(writer: _Writer, cls: type) -> Encode:
             value = f'("true" if o.{name} else "false")'
         elif hint is float:
             value = f"fl(o.{name})"
-        elif hint == tuple[str, ...]:
+        elif element is str:
             value = f"strs(o.{name}, e)"
-        elif typing.get_origin(hint) is tuple and typing.get_args(hint)[1:] == (Ellipsis,):
+        elif element is not None and _classes(element) and _classes(element) <= writer.shared:
+            value = f"seq_shared(o.{name}, e)"
+        elif element is not None and _is_dataclass_type(element):
+            names[f"t{n}"] = element
+            value = f"seq_of(o.{name}, e, t{n})"
+        elif element is not None:
             value = f"seq(o.{name}, e)"
         else:
             value = f"text(o.{name}, e)"
@@ -228,6 +272,28 @@ class _Writer:
             self.encoders[kind] = _encoder(self, kind)
             return self.text(obj, depth)
         raise TypeError(f"a plan holds no {kind.__name__}: {obj!r}")
+
+    def shared_sequence(self, values: tuple[Any, ...], depth: int) -> str:
+        """A tuple of shared values: each one's kept text, if it has some."""
+        if not values:
+            return "[]"
+        inner = self.pads[depth + 1]
+        memo, text, below = self.memo[depth + 1], self.text, depth + 1
+        body = ("," + inner).join([memo.get(id(v)) or text(v, below) for v in values])
+        return "[" + inner + body + self.pads[depth] + "]"
+
+    def sequence_of(self, values: tuple[Any, ...], depth: int, cls: type) -> str:
+        """A tuple of `cls` instances (as the type says): written by its encoder."""
+        if not values:
+            return "[]"
+        encode = self.encoders.get(cls)
+        if encode is None:
+            encode = self.encoders[cls] = _encoder(self, cls)
+        inner, text, below = self.pads[depth + 1], self.text, depth + 1
+        body = ("," + inner).join(
+            [encode(v, below) if type(v) is cls else text(v, below) for v in values]
+        )
+        return "[" + inner + body + self.pads[depth] + "]"
 
     def sequence(self, values: tuple[Any, ...], depth: int) -> str:
         if not values:
