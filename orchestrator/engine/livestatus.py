@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,10 +54,6 @@ def around(obj: Mapping[str, Any], key: str) -> tuple[bytes, bytes]:
         raise KeyError(key)
     head = b"{" + b"".join(pair + b"," for pair in before) + encode(key) + b":"
     return head, b"".join(b"," + pair for pair in after) + b"}"
-
-
-def array(items: Iterable[bytes]) -> bytes:
-    return b"[" + b",".join(items) + b"]"
 
 
 @dataclass(slots=True, eq=False)
@@ -211,7 +207,13 @@ class LiveStatus:
         part.steps_done = sum(part.done)
         part.clock = BatchClock.of(part.plan, self.view.phases.get(part.phase.name))
         head, tail = around(status.batch_part(part.plan, [], part.counts), "hosts")
-        part.encoded = head + array(part.rows) + tail
+        pieces = [head + b"["]
+        for k, row in enumerate(part.rows):
+            if k:
+                pieces.append(b",")
+            pieces.append(row)
+        pieces.append(b"]" + tail)
+        part.encoded = b"".join(pieces)  # one copy of the batch's rows, not three
         part.stale = False
 
     def _encode(self, stalled: str | None, past: History | None) -> bytes:
