@@ -278,7 +278,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     from orchestrator import model  # noqa: PLC0415 - see the imports
     from orchestrator.pipeline import paused_gc  # noqa: PLC0415
     from orchestrator.plan import Options  # noqa: PLC0415
-    from orchestrator.planview import render_tree  # noqa: PLC0415
+    from orchestrator.planview import tree_chunks  # noqa: PLC0415
 
     options = Options(
         to_version=args.to_version, from_version=args.from_version, on_failure=args.on_failure
@@ -291,7 +291,8 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
                 out.write(chunk)
             out.write("\n")
         else:
-            out.write(render_tree(plan))
+            for chunk in tree_chunks(plan):
+                out.write(chunk)
             out.write(estimate_line(plan) + "\n")
     return EXIT_OK
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
 from orchestrator import model
+
+_T = TypeVar("_T")
 
 
 def describe_drain(drain: model.Drain) -> str:
@@ -63,6 +68,15 @@ def describe_action(action: model.RunAction | model.ConfigAction | model.WaitAct
 
 
 def render_tree(plan: model.Plan, digest: str | None = None) -> str:
+    return "".join(tree_chunks(plan, digest))
+
+
+def tree_chunks(plan: model.Plan, digest: str | None = None) -> Iterator[str]:
+    """`render_tree` in pieces (a batch at most), for writing as it goes.
+
+    Host plans share their actions, drains, checks and probes (the compiler
+    builds each once per distinct set of values), so their lines are made
+    once per object and reused."""
     out: list[str] = []
     hosts = len(plan.hosts)
     out.append(
@@ -76,13 +90,16 @@ def render_tree(plan: model.Plan, digest: str | None = None) -> str:
         out.append(f"point of no return: phase '{point.name}'")
     for warning in plan.warnings:
         out.append(f"warning: {warning}")
+    yield "\n".join(out) + "\n"
+    lines = _Lines()
     for n, phase in enumerate(plan.phases, start=1):
-        out.append("")
-        out.extend(_phase(n, phase))
-    return "\n".join(out) + "\n"
+        yield "\n" + "\n".join(_phase(n, phase)) + "\n"
+        for batch in phase.batches:
+            yield "\n".join(lines.batch(batch)) + "\n"
 
 
 def _phase(n: int, phase: model.Phase) -> list[str]:
+    """The phase's head: what it does, its batch sizes, gates and notes."""
     roles = ", ".join(phase.roles)
     hosts, batches = phase.host_count, len(phase.batches)
     head = (
@@ -116,16 +133,6 @@ def _phase(n: int, phase: model.Phase) -> list[str]:
         lines.append("    IRREVERSIBLE: rollback is refused once this phase runs")
     for note in phase.notes:
         lines.append(f"    note: {note}")
-    for batch in phase.batches:
-        label = f"  batch {batch.index}"
-        if batch.canary:
-            label += " (canary)"
-        if batch.zone:
-            label += f" zone {batch.zone}"
-        label += f": {', '.join(h.host for h in batch.hosts)}"
-        lines.append(label)
-        for host in batch.hosts:
-            lines.extend(_host(host))
     return lines
 
 
@@ -134,28 +141,66 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{plural * (n != 1)}"
 
 
-def _host(host: model.HostPlan) -> list[str]:
-    lines = [f"    {host.host} ({', '.join(host.roles)})"]
-    pad = "      "
-    for drain in host.drains:
-        lines.append(f"{pad}drain   {describe_drain(drain)}")
-    for i, step in enumerate(host.steps, start=1):
-        lines.append(f"{pad}{i}. {describe_action(step.action)}")
-        if step.undo is not None:
-            lines.append(f"{pad}   undo    {step.undo.command}")
-        if step.check is not None:
-            lines.append(f"{pad}   check   {step.check}")
-    if host.health is not None:
-        h = host.health
-        lines.append(
-            f"{pad}health  {h.passes} passes, every {h.interval:g}s, deadline {h.deadline:g}s:"
-        )
-        for check in h.checks:
-            lines.append(f"{pad}        {describe_check(check)}")
-    if host.version is not None:
-        lines.append(f"{pad}version {describe_probe(host.version)} == target")
-    for step in host.cleanup:
-        lines.append(f"{pad}cleanup {describe_action(step.action)}")
-    if host.drains:
-        lines.append(f"{pad}undrain")
-    return lines
+_PAD = "      "
+
+
+class _Lines:
+    """A batch's lines, each shared value's made once (by identity: the plan
+    holds every object it describes while it is written)."""
+
+    def __init__(self) -> None:
+        self._made: dict[int, str] = {}
+
+    def batch(self, batch: model.Batch) -> list[str]:
+        label = f"  batch {batch.index}"
+        if batch.canary:
+            label += " (canary)"
+        if batch.zone:
+            label += f" zone {batch.zone}"
+        lines = [label + f": {', '.join(h.host for h in batch.hosts)}"]
+        for host in batch.hosts:
+            lines.extend(self._host(host))
+        return lines
+
+    def _host(self, host: model.HostPlan) -> list[str]:
+        lines = [f"    {host.host} ({', '.join(host.roles)})"]
+        made = self._made
+        for drain in host.drains:
+            lines.append(made.get(id(drain)) or self._make(drain, _drain_line))
+        for i, step in enumerate(host.steps, start=1):
+            action = made.get(id(step.action)) or self._make(step.action, describe_action)
+            lines.append(f"{_PAD}{i}. {action}")
+            if step.undo is not None:
+                lines.append(f"{_PAD}   undo    {step.undo.command}")
+            if step.check is not None:
+                lines.append(f"{_PAD}   check   {step.check}")
+        if host.health is not None:
+            lines.append(made.get(id(host.health)) or self._make(host.health, _health_lines))
+        if host.version is not None:
+            lines.append(made.get(id(host.version)) or self._make(host.version, _version_line))
+        for step in host.cleanup:
+            action = made.get(id(step.action)) or self._make(step.action, describe_action)
+            lines.append(f"{_PAD}cleanup {action}")
+        if host.drains:
+            lines.append(f"{_PAD}undrain")
+        return lines
+
+    def _make(self, value: _T, describe: Callable[[_T], str]) -> str:
+        text = self._made[id(value)] = describe(value)
+        return text
+
+
+def _drain_line(drain: model.Drain) -> str:
+    return f"{_PAD}drain   {describe_drain(drain)}"
+
+
+def _health_lines(health: model.Health) -> str:
+    head = (
+        f"{_PAD}health  {health.passes} passes, every {health.interval:g}s, "
+        f"deadline {health.deadline:g}s:"
+    )
+    return "\n".join([head, *(f"{_PAD}        {describe_check(c)}" for c in health.checks)])
+
+
+def _version_line(probe: model.VersionProbe) -> str:
+    return f"{_PAD}version {describe_probe(probe)} == target"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from orchestrator import model
+import pytest
+
+from orchestrator import model, planview
 from orchestrator.inventory import parse_inventory_text
 from orchestrator.plan import Options, compile_plan
 from orchestrator.planview import (
@@ -13,6 +15,7 @@ from orchestrator.planview import (
     describe_drain,
     describe_probe,
     render_tree,
+    tree_chunks,
 )
 from orchestrator.playbook import parse_playbook_text
 
@@ -150,3 +153,32 @@ def test_describe_drains_checks_and_probes() -> None:
     )
     assert describe_probe(model.VersionProbe(run="v")) == "run v"
     assert describe_probe(model.VersionProbe(http="http://a/")) == "http http://a/"
+
+
+def test_the_tree_comes_in_pieces_a_batch_at_most() -> None:
+    plan = _plan()
+
+    chunks = list(tree_chunks(plan, digest="abc"))
+
+    assert "".join(chunks) == render_tree(plan, digest="abc")
+    assert sum(chunk.startswith("  batch ") for chunk in chunks) == sum(
+        len(p.batches) for p in plan.phases
+    )
+
+
+def test_a_shared_action_is_described_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = _plan()
+    described: list[model.RunAction | model.ConfigAction | model.WaitAction] = []
+    real = planview.describe_action
+
+    def counting(action: model.RunAction | model.ConfigAction | model.WaitAction) -> str:
+        described.append(action)
+        return real(action)
+
+    monkeypatch.setattr(planview, "describe_action", counting)
+    text = render_tree(plan, digest="abc")
+
+    hosts = [h for p in plan.phases for b in p.batches for h in b.hosts]
+    actions = [s.action for h in hosts for s in (*h.steps, *h.cleanup)]
+    assert text.count("run     install 2.0") == 2  # both api hosts show it
+    assert len(described) == len({id(a) for a in actions}) < len(actions)
