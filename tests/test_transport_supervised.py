@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import TransportError
+from orchestrator.errors import NotLeaderError, TransportError
 from orchestrator.inventory import SSHSettings
 from orchestrator.secrets import SecretStore
 from orchestrator.transport import supervise
@@ -449,3 +449,85 @@ async def test_records_are_removed_once_the_engine_moved_on(ssh_hosts: SSHHosts)
         assert await pool.forget_runs("host-1", upgrade) == 0
         assert await pool.forget_runs("host-1", "never-ran") == 0
     assert not (host_dir / RECORDS).exists()
+
+
+async def test_release_after_the_hosts_work_removes_its_records_first(
+    ssh_hosts: SSHHosts,
+) -> None:
+    """The engine's `release(host, forget=UPGRADE)`: the records go over the
+    connection still open, then it closes; the end state's `forget_runs`
+    then has nothing to ask the host."""
+    host_dir = ssh_hosts.host_dir("host-1")
+    upgrade = supervise.upgrade_of(RUN)
+    async with SSHPool(ssh_hosts.targets()) as pool:
+        await pool.run("host-1", "echo one", run_id=RUN)
+        assert record_files(host_dir)
+        pool.release("host-1", forget=upgrade)
+        await until(lambda: ssh_hosts.open_connections("host-1") == 0)
+        assert not (host_dir / RECORDS).exists()
+        asked = len(ssh_hosts.commands("host-1"))
+        assert await pool.forget_runs("host-1", upgrade) == 0
+        assert len(ssh_hosts.commands("host-1")) == asked  # known clean: not asked
+        assert ssh_hosts.accepted("host-1") == 1
+
+        # a run of the upgrade since: the host is asked again
+        await pool.run("host-1", "echo two", run_id=f"{upgrade}/next.1")
+        assert await pool.forget_runs("host-1", upgrade) == 0
+        assert len(ssh_hosts.commands("host-1")) == asked + 2
+        assert not (host_dir / RECORDS).exists()
+
+
+async def test_a_record_still_running_at_release_is_kept_and_asked_for_again(
+    ssh_hosts: SSHHosts,
+) -> None:
+    host_dir = ssh_hosts.host_dir("host-1")
+    upgrade = supervise.upgrade_of(RUN)
+    async with SSHPool(ssh_hosts.targets()) as pool:
+        task = asyncio.create_task(pool.run("host-1", HOLD, run_id=RUN))
+        await pid_of(host_dir / "pid")
+        pool.release("host-1", forget=upgrade)
+        await until(lambda: "orchestrator-forget" in ssh_hosts.commands("host-1")[-1])
+        assert ssh_hosts.open_connections("host-1") == 1  # the run still uses it
+        (host_dir / "release").touch()
+        assert (await task).ok
+        await until(lambda: ssh_hosts.open_connections("host-1") == 0)
+        assert record_files(host_dir)  # it ran on when the records were removed
+        assert await pool.forget_runs("host-1", upgrade) == 0  # asked again
+    assert not (host_dir / RECORDS).exists()
+
+
+async def test_release_without_forget_or_while_not_leading_leaves_the_records(
+    ssh_hosts: SSHHosts,
+) -> None:
+    host_dir = ssh_hosts.host_dir("host-1")
+    upgrade = supervise.upgrade_of(RUN)
+
+    def refuse() -> None:
+        raise NotLeaderError("a standby now")
+
+    async with SSHPool(ssh_hosts.targets()) as pool:
+        await pool.run("host-1", "echo one", run_id=RUN)
+        pool.release("host-1")
+        await until(lambda: ssh_hosts.open_connections("host-1") == 0)
+        await pool.run("host-1", "echo two", run_id=f"{upgrade}/next.1")
+        pool.gate = refuse
+        pool.release("host-1", forget=upgrade)
+        await until(lambda: ssh_hosts.open_connections("host-1") == 0)
+    assert not any("orchestrator-forget" in c for c in ssh_hosts.commands("host-1"))
+    assert record_files(host_dir)
+
+
+async def test_a_run_right_after_release_waits_for_the_records_removal(
+    ssh_hosts: SSHHosts,
+) -> None:
+    """The removal takes the upgrade's directory when it is empty: a new run of
+    the same upgrade on the host (its next phase) starts only after it."""
+    upgrade = supervise.upgrade_of(RUN)
+    async with SSHPool(ssh_hosts.targets()) as pool:
+        await pool.run("host-1", "echo one", run_id=RUN)
+        pool.release("host-1", forget=upgrade)
+        result = await pool.run("host-1", "echo two", run_id=f"{upgrade}/next.1")
+    assert result.ok and result.output == "two"
+    commands = ssh_hosts.commands("host-1")
+    assert "orchestrator-forget" in commands[1]
+    assert supervise.WRAPPER_NAME in commands[2]

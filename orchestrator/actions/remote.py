@@ -39,5 +39,8 @@ class RunRecords(Protocol):
 class HoldsConnections(Protocol):
     """A transport that keeps connections open between calls (a bounded number)."""
 
-    def release(self, host: str) -> None:
-        """The host's work in its phase is done: its connection may close."""
+    def release(self, host: str, *, forget: str | None = None) -> None:
+        """The host's work in its phase is done: its connection may close.
+
+        `forget`: the upgrade whose work on the host is done and journaled;
+        its run records there may go (`forget_runs` then has less to do)."""

@@ -160,8 +160,10 @@ class HostRunner:
             finally:
                 await self._cleanup()
                 if isinstance(self.engine.remote, HoldsConnections):
-                    # done with it in this phase: its connection need not stay open
-                    self.engine.remote.release(self.name)
+                    # done with it in this phase: its connection need not stay
+                    # open, nor, once it is journaled done, its run records
+                    done = self.view.state is HostState.DONE
+                    self.engine.remote.release(self.name, forget=self.engine.id if done else None)
 
     async def _forward(self) -> None:
         view, engine = self.view, self.engine

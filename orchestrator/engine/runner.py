@@ -387,8 +387,9 @@ class Engine:
 
     async def _forget_runs(self) -> None:
         """At an end state, remove this upgrade's run records from its hosts,
-        as many hosts at once as preflight reaches (their connections were
-        closed at their phases' ends: each is a handshake again)."""
+        as many at once as preflight reaches. Hosts done in their phase were
+        cleaned at its end (`release(forget=...)`): the transport knows and
+        does not ask them; the others may need a new connection each."""
         remote = self.remote
         if not isinstance(remote, RunRecords):
             return

@@ -49,7 +49,7 @@ from typing import Self
 import asyncssh
 import structlog
 
-from orchestrator.errors import TransportError
+from orchestrator.errors import OrchestratorError, TransportError
 from orchestrator.model import HostTarget
 from orchestrator.secrets import SecretStore
 from orchestrator.templating import SECRET_MARKER
@@ -57,6 +57,7 @@ from orchestrator.transport import supervise
 from orchestrator.transport.dial import KEEPALIVE_COUNT_MAX, Dialer
 from orchestrator.transport.follow import KILL_GRACE, Follower, Run
 from orchestrator.transport.follow import describe as _describe
+from orchestrator.transport.records import Records
 from orchestrator.transport.slots import ConnectionLimit, HostConnections
 from orchestrator.transport.supervise import Ending
 
@@ -183,10 +184,8 @@ class SSHPool:
         self._secrets = secrets if secrets is not None else SecretStore((), {})
         self._conns = HostConnections(limit or ConnectionLimit(), Dialer(), policy_sleep)
         self._lease = self._conns.lease
-        # per host: (chain, record) of supervised runs whose result was
-        # returned; removed on the host by its next supervised command
-        self._returned: dict[str, list[tuple[str, str]]] = {}
         self._follower = Follower(self._lease, self._error, self._secrets.redact, policy_sleep)
+        self._records = Records(self._follower.call, self._error)
         # called before anything that changes a host: raises to forbid it (a
         # daemon whose leader lease has run out must not act on hosts)
         self.gate: Callable[[], None] | None = None
@@ -213,11 +212,26 @@ class SSHPool:
         async with self._lease(self.target(host)):
             pass
 
-    def release(self, host: str) -> None:
+    def release(self, host: str, *, forget: str | None = None) -> None:
         """The host's work in its phase is done: close its connection once idle.
 
-        A later call for the host opens a new one."""
-        self._conns.release(host)
+        `forget`: an upgrade whose work on the host is done and journaled: its
+        run records there are removed first, in the background, over the
+        connection still open (`forget_runs` then needs no new one). A later
+        call for the host opens a new connection."""
+        if forget is not None and self._may_act():
+            self._records.forget_soon(self.target(host), forget, lambda: self._conns.release(host))
+        else:
+            self._conns.release(host)
+
+    def _may_act(self) -> bool:
+        if self.gate is None:
+            return True
+        try:
+            self.gate()
+        except OrchestratorError:
+            return False
+        return True
 
     @property
     def limit(self) -> ConnectionLimit:
@@ -350,21 +364,11 @@ class SSHPool:
     async def forget_runs(self, host: str, upgrade_id: str) -> int:
         """Remove the records of an upgrade's supervised runs on `host`.
 
-        Records of commands that still run are kept; returns how many.
+        Records of commands that still run are kept; returns how many. A host
+        this pool already cleaned of the upgrade, and ran nothing of it on
+        since, is not asked again.
         """
-        target = self.target(host)
-        upgrade = supervise.upgrade_dir(upgrade_id)
-        status, out, err = await self._follower.call(target, supervise.forget_command(upgrade))
-        self._returned[host] = [
-            entry
-            for entry in self._returned.get(host, ())
-            if not entry[1].startswith(upgrade + "/")
-        ]
-        if status != 0:
-            raise self._error(host, f"could not remove the records in {upgrade}: {err.strip()}")
-        kept = int(out.strip() or "0")
-        _log.info("run records removed", host=host, upgrade=upgrade_id, still_running=kept)
-        return kept
+        return await self._records.forget(self.target(host), upgrade_id)
 
     async def read_file(self, host: str, path: str) -> str | None:
         """The text of a remote file, or None if it does not exist."""
@@ -471,6 +475,7 @@ class SSHPool:
 
     async def close(self) -> None:
         await self._follower.close()
+        await self._records.close()
         await self._conns.close()
 
     # --- supervised commands ---------------------------------------------------
@@ -493,7 +498,8 @@ class SSHPool:
             shown = _sudo(shown)
         limit = target.command_timeout if timeout is None else timeout
         run = Run(record, shown, script, sudo)
-        forget = self._forgettable(host, run_id)
+        await self._records.settle(host, run_id)
+        forget = self._records.starting(host, run_id)
         run.command = supervise.start_command(record, run.size, sudo=sudo, forget=forget)
         log = _log.bind(host=host, run_id=run_id)
         log.info("command started", command=shown, timeout=limit, supervised=True)
@@ -513,7 +519,7 @@ class SSHPool:
             raise
         if ending.kind == "refused":
             raise self._error(host, f"could not start {shown!r}: {ending.detail}; it did not run")
-        self._returned.setdefault(host, []).append((supervise.chain(run_id), record))
+        self._records.returned(host, run_id, record)
         result = self._result(host, ending, output, on_line, time.monotonic() - started)
         log.info(
             "command finished",
@@ -525,13 +531,6 @@ class SSHPool:
             duration=round(result.duration, 3),
         )
         return result
-
-    def _forgettable(self, host: str, run_id: str) -> tuple[str, ...]:
-        """Records to remove with this run's exec: every returned one of another chain."""
-        mine = supervise.chain(run_id)
-        pending = self._returned.get(host, [])
-        self._returned[host] = [entry for entry in pending if entry[0] == mine]
-        return tuple(record for chain, record in pending if chain != mine)
 
     def _result(
         self,

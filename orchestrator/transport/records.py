@@ -1,0 +1,129 @@
+"""The run records a pool leaves on its hosts, and their removal (docs/transport.md).
+
+* A returned run's record goes with the next supervised command's exec on
+  its host, unless that command repeats the same chain (`RUN~n`).
+* `forget(target, upgrade)` removes what is left of an upgrade on a host:
+  every finished record, stray script files, the directory once empty.
+  When nothing is kept, the pool remembers that the host is clean, and until
+  it starts another run of that upgrade there it answers 0 without asking.
+* `forget_soon(target, upgrade, then)` does the same in the background, for
+  a host whose work in a phase is done and journaled, while its connection is
+  still open; `then` runs after it (the pool lets the connection go). A
+  `forget`, or a new run of the same upgrade on the host (`settle`: the
+  removal would take the records' directory from under it), waits for it.
+  At most `BACKGROUND_REMOVALS` run at once: housekeeping gives way to the
+  upgrade's own commands (a batch ends with all its hosts at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.model import HostTarget
+from orchestrator.transport import supervise
+from orchestrator.transport.follow import KILL_GRACE, MakeError
+
+_log: structlog.typing.FilteringBoundLogger = structlog.get_logger("orchestrator.transport.ssh")
+
+BACKGROUND_REMOVALS = 8
+
+# runs a short helper script of ours on a host: exit status, stdout, stderr
+Call = Callable[[HostTarget, str], Awaitable[tuple[int, str, str]]]
+
+
+class Records:
+    """Which records of which upgrade this pool left on each host."""
+
+    def __init__(self, call: Call, error: MakeError) -> None:
+        self._call, self._error = call, error
+        # per host: (chain, record) of runs whose result was returned
+        self._returned: dict[str, list[tuple[str, str]]] = {}
+        # (host, upgrade) -> supervised runs started there by this pool
+        self._started: dict[tuple[str, str], int] = {}
+        # (host, upgrade) -> the runs started when its records were last all removed
+        self._clean: dict[tuple[str, str], int] = {}
+        self._removing: dict[tuple[str, str], asyncio.Task[int | None]] = {}
+        self._background = asyncio.Semaphore(BACKGROUND_REMOVALS)
+
+    async def settle(self, host: str, run_id: str) -> None:
+        """Before a run starts: wait for a removal of its upgrade's records on the host."""
+        removing = self._removing.get((host, supervise.upgrade_of(run_id)))
+        if removing is not None:
+            await asyncio.wait({removing})
+
+    def starting(self, host: str, run_id: str) -> tuple[str, ...]:
+        """A supervised run starts on `host`: the records to remove with its exec
+        (every returned one of another chain)."""
+        key = (host, supervise.upgrade_of(run_id))
+        self._started[key] = self._started.get(key, 0) + 1
+        mine = supervise.chain(run_id)
+        pending = self._returned.get(host, [])
+        self._returned[host] = [entry for entry in pending if entry[0] == mine]
+        return tuple(record for chain, record in pending if chain != mine)
+
+    def returned(self, host: str, run_id: str, record: str) -> None:
+        self._returned.setdefault(host, []).append((supervise.chain(run_id), record))
+
+    async def forget(self, target: HostTarget, upgrade_id: str) -> int:
+        """Remove an upgrade's records on a host; returns how many were kept
+        (their commands still run)."""
+        key = (target.name, upgrade_id)
+        removing = self._removing.get(key)
+        if removing is not None:  # at the phase's end: wait for it (it never raises)
+            await asyncio.wait({removing})
+        if self._clean.get(key, -1) == self._started.get(key, 0):
+            return 0
+        return await self._forget(target, upgrade_id)
+
+    def forget_soon(self, target: HostTarget, upgrade_id: str, then: Callable[[], None]) -> None:
+        """`forget` in the background when this pool ran anything of the upgrade
+        on the host since it was last clean; `then` once it is over (or now)."""
+        key = (target.name, upgrade_id)
+        started = self._started.get(key, 0)
+        if not started or self._clean.get(key) == started or key in self._removing:
+            then()
+            return
+
+        async def remove() -> int | None:
+            try:
+                async with self._background:
+                    return await self._forget(target, upgrade_id)
+            except (OrchestratorError, OSError) as exc:
+                _log.warning("run records not removed", host=target.name, error=str(exc))
+                return None
+            finally:
+                then()
+
+        task = asyncio.ensure_future(remove())
+        self._removing[key] = task
+        task.add_done_callback(lambda _: self._removing.pop(key, None))
+
+    async def close(self) -> None:
+        """Let removals under way finish, a little while."""
+        if self._removing:
+            _, late = await asyncio.wait(list(self._removing.values()), timeout=KILL_GRACE)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def _forget(self, target: HostTarget, upgrade_id: str) -> int:
+        host, key = target.name, (target.name, upgrade_id)
+        started = self._started.get(key, 0)
+        upgrade = supervise.upgrade_dir(upgrade_id)
+        status, out, err = await self._call(target, supervise.forget_command(upgrade))
+        self._returned[host] = [
+            entry
+            for entry in self._returned.get(host, ())
+            if not entry[1].startswith(upgrade + "/")
+        ]
+        if status != 0:
+            raise self._error(host, f"could not remove the records in {upgrade}: {err.strip()}")
+        kept = int(out.strip() or "0")
+        if not kept:
+            self._clean[key] = started  # unless more started meanwhile
+        _log.info("run records removed", host=host, upgrade=upgrade_id, still_running=kept)
+        return kept
