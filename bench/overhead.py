@@ -5,11 +5,25 @@ without forking a shell (each real host has its own CPU for that; 200
 simulated hosts on two cores do not), so the figure is the orchestrator's
 own overhead: SSH sessions, journal writes, state, scheduling.
 
-Prints the wall time of the upgrade, the ideal (critical path of the sleeps:
-batches x steps x 0.2 s) and their ratio. Target: ratio <= 1.10.
+In the same run, against the same hosts, it runs a bare asyncssh loop of the
+same shape: the plan's batches one after the other, in each batch every host
+at once (`asyncio.gather`), one connection per host (the pool's key exchange
+and ciphers), the same `sleep` commands one after the other. Its wall time is
+what the transport itself costs on this machine today. The upgrade runs
+`--rounds` times (default 3), each between two bare loops; each is compared
+with the mean of the two around it (on a shared machine the load drifts), and
+the round with the median ratio is the one reported.
 
-    .venv/bin/python bench/overhead.py [--hosts 200] [--steps 5] [--sleep 0.2]
-        [--server-processes 1] [--no-ssh]
+Prints the wall time of the upgrade, the bare loop's, their ratio
+(`ratio_to_transport`, target <= 1.05 at 200 hosts), the ideal (critical
+path of the sleeps: batches x steps x 0.2 s) and the ratio to it, and the
+engine process's CPU time per host-step (the CPU time of the process during
+the upgrade over hosts x steps; the bare loop's beside it: the difference is
+the orchestrator's own). Figures also as `figure NAME VALUE UNIT TARGET`
+lines for `make bench` (bench/figures.py).
+
+    .venv/bin/python -m bench.overhead [--hosts 200] [--steps 5] [--sleep 0.2]
+        [--rounds 3] [--server-processes 1] [--no-ssh] [--profile FILE]
 
 It also breaks the time down from the journal's timestamps: per step, the
 time beyond the sleep (SSH session, exit, journal commit) and the gap
@@ -20,14 +34,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import math
+import pstats
 import resource
+import statistics
 import sys
 import tempfile
 import time
+from asyncio.subprocess import Process
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
+import asyncssh
+
+from bench.figures import figure
 from orchestrator import logs
 from orchestrator.engine.manager import UpgradeManager
 from orchestrator.engine.view import UpgradeView
@@ -38,6 +62,7 @@ from orchestrator.plan import Options, compile_plan
 from orchestrator.playbook import parse_playbook_text
 from orchestrator.secrets import SecretStore
 from orchestrator.store.journal import Event, Journal
+from orchestrator.transport.dial import CIPHER_PREFERENCE, KEX_PREFERENCE
 from orchestrator.transport.ssh import CommandResult, SSHPool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,6 +98,9 @@ class NoSSH(SSHPool):
         await asyncio.sleep(float(command.split()[1]) if command.startswith("sleep ") else 0)
         return CommandResult(0, "", time.monotonic() - started, False)
 
+    async def forget_runs(self, host: str, upgrade_id: str) -> int:
+        return 0  # nothing reached a host
+
 
 def no_ssh(plan: Plan, store: SecretStore) -> SSHPool:
     return NoSSH(plan.hosts, store)
@@ -106,35 +134,159 @@ def inventory(servers: list[dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(
-    args: argparse.Namespace,
-    *,
-    batches: int,
-    state: str,
-    events: int,
-    wall: float,
-    view: UpgradeView,
-    engine_cpu: float,
-    server_cpu: resource.struct_rusage,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class Timing:
+    wall: float
+    cpu: float  # this process's CPU time meanwhile
+    beyond: tuple[float, ...] = ()  # per command, the time beyond its sleep
+
+
+async def bare_loop(plan: Plan, steps: int, sleep: float) -> Timing:
+    """The transport alone, in the upgrade's shape: batch after batch, every host
+    of a batch at once on its own connection, its `sleep` commands in turn."""
+    options: dict[tuple[str, str], asyncssh.SSHClientConnectionOptions] = {}
+    for target in plan.hosts:
+        assert target.key is not None and target.known_hosts is not None
+        key = (target.key, target.known_hosts)
+        if key not in options:
+            options[key] = asyncssh.SSHClientConnectionOptions(
+                username=target.user,
+                client_keys=[asyncssh.read_private_key(target.key)],
+                known_hosts=asyncssh.read_known_hosts(target.known_hosts),
+                agent_path=None,
+                config=[],
+                kex_algs=KEX_PREFERENCE,
+                encryption_algs=CIPHER_PREFERENCE,
+            )
+    targets = {target.name: target for target in plan.hosts}
+    beyond: list[float] = []
+
+    async def host(name: str) -> None:
+        target = targets[name]
+        assert target.key is not None and target.known_hosts is not None
+        conn_options = options[(target.key, target.known_hosts)]
+        async with asyncssh.connect(target.address, target.port, options=conn_options) as conn:
+            for _ in range(steps):
+                began = time.perf_counter()
+                await conn.run(f"sleep {sleep}", check=True)
+                beyond.append(time.perf_counter() - began - sleep)
+
+    started, cpu = time.perf_counter(), time.process_time()
+    for batch in plan.phases[0].batches:
+        await asyncio.gather(*(host(hp.host) for hp in batch.hosts))
+    return Timing(time.perf_counter() - started, time.process_time() - cpu, tuple(beyond))
+
+
+async def start_servers(args: argparse.Namespace, tmp: Path) -> tuple[list[Process], Plan]:
+    share = math.ceil(args.hosts / args.server_processes)
+    servers, infos = [], []
+    for first in range(1, args.hosts + 1, share):
+        server = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            SERVER,
+            str(tmp / f"hosts-{first}"),
+            str(first),
+            str(min(share, args.hosts - first + 1)),
+            cwd=REPO,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert server.stdout is not None
+        servers.append(server)
+        infos.append(json.loads(await server.stdout.readline()))
+    inv, inv_doc = parse_inventory_text(inventory(infos), "bench-inventory.yaml")
+    pb, pb_doc = parse_playbook_text(playbook(args.steps, args.sleep), "bench-playbook.yaml")
+    return servers, compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"))
+
+
+async def stop_servers(servers: Sequence[Process]) -> None:
+    for server in servers:
+        assert server.stdin is not None
+        server.stdin.close()
+        await server.wait()
+
+
+@dataclass(slots=True)
+class Upgrade:
+    timing: Timing
+    state: str
+    view: UpgradeView
+    journaled: list[Event]
+
+
+async def upgrade(
+    args: argparse.Namespace, plan: Plan, journal: Journal, profile: cProfile.Profile | None
+) -> Upgrade:
+    manager = UpgradeManager(journal, remote_factory=no_ssh if args.no_ssh else None)
+    await manager.start()
+    profiling: AbstractContextManager[object] = profile if profile is not None else nullcontext()
+    with profiling:
+        started, cpu = time.perf_counter(), time.process_time()
+        up, _ = await manager.submit(plan)
+        state = await manager.wait(up.id, timeout=600)
+        timing = Timing(time.perf_counter() - started, time.process_time() - cpu)
+    journaled = await journal.events(up.id)
+    await manager.close()
+    return Upgrade(timing, state.label, up.view, journaled)
+
+
+def report(args: argparse.Namespace, plan: Plan, runs: list[Upgrade], bare: list[Timing]) -> None:
+    # each upgrade against the mean of the bare loops just before and after it:
+    # the machine's load drifts less within one round than across the run
+    ratios = (
+        [
+            r.timing.wall / ((a.wall + b.wall) / 2)
+            for r, a, b in zip(runs, bare[:-1], bare[1:], strict=True)
+        ]
+        if bare
+        else [r.timing.wall for r in runs]
+    )
+    middle = sorted(range(len(runs)), key=lambda i: ratios[i])[(len(runs) - 1) // 2]
+    run = runs[middle]  # the median round
+    view = run.view
+    batches = len(plan.phases[0].batches)
+    host_steps = args.hosts * args.steps
     preflight_end = min((p.started_at for p in view.phases.values() if p.started_at), default=None)
     ideal = batches * args.steps * args.sleep
+    wall = run.timing.wall
     print(f"hosts                 {args.hosts}")
     print(f"batches               {batches} (25% = {math.ceil(args.hosts / 4)} hosts)")
     print(f"steps per host        {args.steps} x sleep {args.sleep}s")
-    print(f"final state           {state}")
-    print(f"journal events        {events}")
-    print(f"wall time             {wall:.2f} s")
+    print(f"final states          {', '.join(r.state for r in runs)}")
+    print(f"journal events        {len(run.journaled)}")
+    walls = ", ".join(f"{r.timing.wall:.2f}" for r in runs)
+    print(f"upgrade wall time     {wall:.2f} s (the median round; all: {walls})")
     if preflight_end and view.created_at:
         print(f"  preflight           {preflight_end - view.created_at:.2f} s")
         print(f"  phases              {(view.updated_at or 0) - preflight_end:.2f} s")
-    print(f"engine process CPU    {engine_cpu:.2f} s")
-    print(f"SSH servers CPU       {server_cpu.ru_utime + server_cpu.ru_stime:.2f} s (whole run)")
+        tail = run.timing.wall - ((view.updated_at or 0) - view.created_at)
+        print(f"  submit, end cleanup {tail:.2f} s  (the run records removed from the hosts)")
+    print(f"engine process CPU    {run.timing.cpu:.2f} s")
     print(f"ideal (critical path) {ideal:.2f} s")
-    print(f"ratio                 {wall / ideal:.3f}  (target <= 1.10)")
-    if preflight_end:
-        phases = (view.updated_at or 0) - preflight_end
-        print(f"ratio, phases only    {phases / ideal:.3f}  (without preflight's handshakes)")
+    print(f"ratio to the ideal    {wall / ideal:.3f}")
+    breakdown(run.journaled, args.sleep)
+    if not bare:
+        return
+    around = bare[middle : middle + 2]
+    reference = statistics.fmean(t.wall for t in around)
+    bare_cpu = statistics.fmean(t.cpu for t in around)
+    walls = ", ".join(f"{t.wall:.2f}" for t in bare)
+    print(f"bare asyncssh loop    {reference:.2f} s (before and after it; all: {walls})")
+    print(f"  its process CPU     {bare_cpu:.2f} s")
+    commands = [value for timing in around for value in timing.beyond]
+    print(f"  per command, beyond the sleep  {_figures(commands)}")
+    every = ", ".join(f"{ratio:.3f}" for ratio in ratios)
+    print(f"ratio_to_transport    {wall / reference:.3f}  (target <= 1.05; rounds: {every})")
+    engine_ms = 1000 * run.timing.cpu / host_steps
+    bare_ms = 1000 * bare_cpu / host_steps
+    print(f"CPU per host-step     engine {engine_ms:.2f} ms, bare loop {bare_ms:.2f} ms")
+    figure("overhead_ratio_to_transport", wall / reference, "x", "<=1.05")
+    figure("overhead_upgrade_wall", wall, "s")
+    figure("overhead_transport_wall", reference, "s")
+    figure("overhead_ratio_to_ideal", wall / ideal, "x")
+    figure("engine_cpu_per_host_step", engine_ms, "ms")
+    figure("transport_cpu_per_host_step", bare_ms, "ms")
 
 
 async def main() -> None:
@@ -142,6 +294,13 @@ async def main() -> None:
     parser.add_argument("--hosts", type=int, default=200)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--sleep", type=float, default=0.2)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="upgrades, each between two bare loops; the round with the median ratio "
+        "is shown (on a shared machine the load comes and goes)",
+    )
     parser.add_argument(
         "--no-ssh",
         action="store_true",
@@ -153,62 +312,34 @@ async def main() -> None:
         default=1,
         help="processes the simulated SSH hosts are spread over (real hosts each have their own)",
     )
+    parser.add_argument(
+        "--profile", type=Path, help="write a cProfile of the first upgrade here (pstats format)"
+    )
     args = parser.parse_args()
 
     logs.configure("json", level="error")
+    profile = cProfile.Profile() if args.profile else None
+    bare: list[Timing] = []
+    runs: list[Upgrade] = []
     with tempfile.TemporaryDirectory() as tmp:
-        share = math.ceil(args.hosts / args.server_processes)
-        servers, infos = [], []
-        for first in range(1, args.hosts + 1, share):
-            server = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                SERVER,
-                str(Path(tmp) / f"hosts-{first}"),
-                str(first),
-                str(min(share, args.hosts - first + 1)),
-                cwd=REPO,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-            )
-            assert server.stdout is not None
-            servers.append(server)
-            infos.append(json.loads(await server.stdout.readline()))
-        inv, inv_doc = parse_inventory_text(inventory(infos), "bench-inventory.yaml")
-        pb, pb_doc = parse_playbook_text(playbook(args.steps, args.sleep), "bench-playbook.yaml")
-        plan = compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"))
-        batches = len(plan.phases[0].batches)
+        servers, plan = await start_servers(args, Path(tmp))
         journal = await Journal.open(Path(tmp) / "journal.db")
-        manager = UpgradeManager(journal, remote_factory=no_ssh if args.no_ssh else None)
-        await manager.start()
-        started = time.perf_counter()
-        cpu_started = time.process_time()
-        up, _ = await manager.submit(plan)
-        state = await manager.wait(up.id, timeout=600)
-        wall = time.perf_counter() - started
-        engine_cpu = time.process_time() - cpu_started
-        view = up.view
-        journaled = await journal.events(up.id)
-        events = len(journaled)
-        await manager.close()
-        await journal.close()
-        for server in servers:
-            assert server.stdin is not None
-            server.stdin.close()
-            await server.wait()
-        server_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-
-    report(
-        args,
-        batches=batches,
-        state=state.label,
-        events=events,
-        wall=wall,
-        view=view,
-        engine_cpu=engine_cpu,
-        server_cpu=server_cpu,
-    )
-    breakdown(journaled, args.sleep)
+        try:
+            for index in range(args.rounds):
+                if not args.no_ssh:
+                    bare.append(await bare_loop(plan, args.steps, args.sleep))
+                runs.append(await upgrade(args, plan, journal, profile if index == 0 else None))
+            if not args.no_ssh:
+                bare.append(await bare_loop(plan, args.steps, args.sleep))
+        finally:
+            await journal.close()
+            await stop_servers(servers)
+    server_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    report(args, plan, runs, bare)
+    print(f"SSH servers CPU       {server_cpu.ru_utime + server_cpu.ru_stime:.2f} s (whole run)")
+    if profile is not None:
+        profile.dump_stats(args.profile)
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(25)
 
 
 def _figures(values: list[float]) -> str:

@@ -4,9 +4,10 @@ Three processes, as in production: the simulated SSH hosts (tests.sshhosts,
 2,000 servers on loopback, `sleep` answered without a shell) with a high
 descriptor limit, the real daemon (`orchestrator serve`) under
 ``RLIMIT_NOFILE`` 1024, and this test. A pool that kept one connection per
-host for the whole upgrade needs more than 2,000 descriptors and fails
-(preflight alone opens them all: "Too many open files"); the pool keeps at
-most ``ssh.max_connections`` (default 256) open.
+host for the whole upgrade needs more than 2,000 descriptors: it ran out in
+preflight, which opens them all (EMFILE; asyncssh then even failed to look
+the local user up, "Unknown local username"), and the upgrade failed. The
+pool keeps at most ``ssh.max_connections`` (default 256) open.
 
 Nothing here depends on the machine's speed: steps are `sleep 0`, and the
 test waits for the upgrade's end state, however long it takes.
