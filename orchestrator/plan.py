@@ -19,8 +19,9 @@ from orchestrator.batching import Member, cut_batches
 from orchestrator.errors import InputError, Problem
 from orchestrator.fields import check_version, parse_size, resolve_size
 from orchestrator.inventory import Inventory
+from orchestrator.pieces import Renderer
 from orchestrator.playbook import Phase, Playbook
-from orchestrator.procedure import Procedures, Renderer
+from orchestrator.procedure import Procedures
 from orchestrator.source import Document, PathKey, suggest
 from orchestrator.templating import Namespace, Secrets, Templates
 

@@ -2,12 +2,13 @@
 version probe, rendered from the playbook's and the inventory's templates.
 
 The compiler asks for one of these for every host of every phase (40,010 for
-the nova playbook on 10,000 hosts), so each piece is built once per distinct
-set of values its templates read (`Templates.key`): the upgrade step that
-reads only `to_version` is one object shared by every host, the drain that
-reads `host.name` one per host, shared by every phase that drains it. A
-piece whose rendering reported a problem is not kept, so every host that
-fails is rendered (and reported) as if nothing were kept.
+the nova playbook on 10,000 hosts), so each piece (`orchestrator.pieces`)
+is built once per distinct set of values its templates read
+(`templating.reads`): the upgrade step that reads only `to_version` is one
+object shared by every host, the drain that reads `host.name` one per host,
+shared by every phase that drains it. A piece whose rendering reported a
+problem is not kept, so every host that fails is rendered (and reported) as
+if nothing were kept.
 """
 
 from __future__ import annotations
@@ -17,54 +18,17 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
-from orchestrator import model
-from orchestrator.errors import Problem, TemplateError
+from orchestrator import model, pieces
+from orchestrator.errors import TemplateError
 from orchestrator.inventory import Inventory
+from orchestrator.pieces import Renderer
 from orchestrator.playbook import Phase
 from orchestrator.playbook import Step as StepSpec
-from orchestrator.source import Document, PathKey
-from orchestrator.templating import Flavour, Namespace, Templates, frozen, reads
+from orchestrator.source import PathKey
+from orchestrator.templating import Namespace, frozen, reads
 
 T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class Renderer:
-    """Renders templates, turning failures into located Problems (one per spot)."""
-
-    doc: Document
-    problems: list[Problem]
-    seen: set[tuple[str, PathKey]]
-    templates: Templates
-
-    def __call__(
-        self, source: str, ctx: dict[str, Any], path: PathKey, host: str, flavour: Flavour = "text"
-    ) -> str:
-        try:
-            return self.templates.render(source, ctx, flavour)
-        except TemplateError as exc:
-            self.report(path, f"{exc.message} (for host {host})")
-            return ""
-
-    def many(
-        self,
-        items: Sequence[tuple[str, PathKey]],
-        ctx: dict[str, Any],
-        host: str,
-        flavour: Flavour = "text",
-    ) -> list[str]:
-        """Several templates of one flavour: rendered together when Jinja
-        allows, else one by one (which also locates a failure)."""
-        together = self.templates.render_all(tuple(s for s, _ in items), ctx, flavour)
-        if together is not None:
-            return together
-        return [self(source, ctx, path, host, flavour) for source, path in items]
-
-    def report(self, path: PathKey, message: str) -> None:
-        key = (self.doc.name, path)
-        if key not in self.seen:
-            self.seen.add(key)
-            self.problems.append(self.doc.problem(path, message))
+Policy = tuple[int, float, float]  # a role's health policy: passes, interval, deadline
 
 
 class Procedures:
@@ -93,7 +57,9 @@ class Procedures:
         self._pieces: dict[tuple[Any, ...], _Piece] = {}
         self._recipes: dict[tuple[int, str, bool], _Recipe] = {}
         self._role_lists: dict[tuple[str, ...], list[str]] = {}
-        self._role_tuples: dict[tuple[int, int], tuple[str, ...]] = {}
+        # per phase, per host shape: its roles there, and its recipe if one role
+        self._shapes: dict[int, dict[tuple[int, bool], tuple[tuple[str, ...], _Recipe | None]]]
+        self._shapes = {}
 
     def context(self, name: str, role: str, phase: str) -> dict[str, Any]:
         """The template context of host `name` as `role` in `phase`."""
@@ -107,22 +73,24 @@ class Procedures:
     ) -> tuple[model.HostPlan, ...]:
         """The host plans of hosts `names` in phase `index`; `duties` says
         whether the phase drains, health-checks and verifies the version."""
-        hosts, role_tuples, recipes = self._hosts, self._role_tuples, self._recipes
-        health_of, block_of, new_step = self._health, self._block, _numbered
+        hosts, block_of = self._hosts, self._block
+        shapes = self._shapes.setdefault(index, {})
         plans = []
         for name in names:
             host = hosts.get(name) or self._host(name)
-            roles = role_tuples.get((index, id(host.roles)))
-            if roles is None:
-                roles = tuple(r for r in phase.roles if r in host.roles)
-                role_tuples[(index, id(host.roles))] = roles
-            if len(roles) == 1:
-                recipe = recipes.get((index, roles[0], host.become)) or self._recipe(
-                    index, phase, roles[0], host.become, duties
-                )
+            shape = shapes.get(host.shape)
+            if shape is None:
+                shape = shapes[host.shape] = self._shape(index, phase, host, duties)
+            roles, recipe = shape
+            if recipe is not None:
                 block = (host.plain and recipe.block) or block_of(recipe, host)
-                steps, cleanup, drains, checks, version, policy = block
-                health = health_of(tuple(checks), [policy]) if checks and policy else None
+                steps, cleanup, drains, health, version = (
+                    block.steps,
+                    block.cleanup,
+                    block.drains,
+                    block.health,
+                    block.version,
+                )
             else:
                 steps, cleanup, drains, health, version = self._roles(
                     index, phase, roles, host, duties
@@ -130,18 +98,27 @@ class Procedures:
             prefix = f"{phase.name}/{name}/"
             plans.append(
                 model.HostPlan(
-                    host=name,
-                    roles=roles,
-                    steps=tuple([new_step(s, f"{prefix}{n}") for n, s in enumerate(steps, 1)]),
-                    cleanup=tuple(
-                        [new_step(s, f"{prefix}cleanup-{n}") for n, s in enumerate(cleanup, 1)]
-                    ),
-                    drains=tuple(drains),
-                    health=health,
-                    version=version,
+                    name,
+                    roles,
+                    tuple([_numbered(s, f"{prefix}{n}") for n, s in enumerate(steps, 1)]),
+                    tuple([_numbered(s, f"{prefix}cleanup-{n}") for n, s in enumerate(cleanup, 1)])
+                    if cleanup
+                    else (),
+                    drains,
+                    health,
+                    version,
                 )
             )
         return tuple(plans)
+
+    def _shape(
+        self, index: int, phase: Phase, host: _Host, duties: tuple[bool, bool, bool]
+    ) -> tuple[tuple[str, ...], _Recipe | None]:
+        """The phase's roles the host holds, and the recipe when it is one role."""
+        roles = tuple(r for r in phase.roles if r in host.roles)
+        if len(roles) != 1:
+            return roles, None
+        return roles, self._recipe(index, phase, roles[0], host.become, duties)
 
     def _roles(
         self,
@@ -153,7 +130,7 @@ class Procedures:
     ) -> tuple[
         list[model.Step],
         list[model.Step],
-        list[model.Drain],
+        tuple[model.Drain, ...],
         model.Health | None,
         model.VersionProbe | None,
     ]:
@@ -176,7 +153,7 @@ class Procedures:
                 policy.append(block.policy)
             version = version or block.version
         health = self._health(tuple(checks), policy) if checks else None
-        return steps, cleanup, drains, health, version
+        return steps, cleanup, tuple(drains), health, version
 
     def _block(self, recipe: _Recipe, host: _Host) -> _Block:
         """What `host` does as the recipe's role in its phase. For a host
@@ -194,7 +171,7 @@ class Procedures:
                 if plain and piece.reads_no_host and len(self.problems) == before:
                     kept[n] = value
             values.append(value)
-        block = recipe.cut(values)
+        block = recipe.cut(values, self._health)
         if plain and _UNSET not in kept:
             recipe.block = block
         return block
@@ -222,12 +199,14 @@ class Procedures:
         inventory, pb_render = self.inventory, self.pb_render
 
         def steps(kind: str, specs: list[StepSpec]) -> list[_Piece]:
-            pieces = []
+            found = []
             for j, step in enumerate(specs):
                 path: PathKey = ("phases", index, kind, j)
-                build = partial(_step, step, path, pb_render, inventory=inventory, become=become)
-                pieces.append(self._piece(path, build, _step_sources(step), become))
-            return pieces
+                build = partial(
+                    pieces.step, step, path, pb_render, inventory=inventory, become=become
+                )
+                found.append(self._piece(path, build, pieces.step_sources(step), become))
+            return found
 
         step_pieces, cleanup_pieces = steps("steps", phase.steps), steps("cleanup", phase.cleanup)
         drains: list[_Piece] = []
@@ -252,19 +231,19 @@ class Procedures:
 
     def _drain(self, role: str, spec: Any) -> _Piece:
         path: PathKey = ("roles", role, "drain")
-        build = partial(_drain, spec, path, self.inv_render, inventory=self.inventory)
+        build = partial(pieces.drain, spec, path, self.inv_render, inventory=self.inventory)
         sources = (spec.server, spec.run, spec.undo, spec.wait_until, spec.http, spec.undo_http)
         return self._piece(path, build, sources)
 
     def _check(self, role: str, k: int, spec: Any) -> _Piece:
         path: PathKey = ("roles", role, "health", k)
-        build = partial(_check, spec, path, self.inv_render)
+        build = partial(pieces.check, spec, path, self.inv_render)
         return self._piece(path, build, (spec.http, spec.expect, spec.tcp, spec.run))
 
     def _probe(self, role: str, spec: Any) -> _Piece:
         path: PathKey = ("roles", role, "version")
         return self._piece(
-            path, partial(_probe, spec, path, self.inv_render), (spec.http, spec.run)
+            path, partial(pieces.probe, spec, path, self.inv_render), (spec.http, spec.run)
         )
 
     def _piece(
@@ -336,8 +315,9 @@ class Procedures:
             namespace = Namespace("host", fields)
             layer = {**host.vars, "host": namespace}
             become = host.ssh.become if host.ssh and host.ssh.become else self.inventory.ssh.become
+            sudo = become == "sudo"
             found = self._hosts[name] = _Host(
-                name, layer, namespace, roles, become == "sudo", plain=not host.vars
+                name, layer, namespace, roles, sudo, plain=not host.vars, shape=(id(roles), sudo)
             )
         return found
 
@@ -370,6 +350,7 @@ class _Host:
     roles: list[str]
     become: bool
     plain: bool
+    shape: tuple[int, bool]  # hosts with the same roles and become have the same recipes
 
 
 _WHOLE = ("*",)  # a piece reads `host` as a whole
@@ -421,10 +402,11 @@ class _Block(NamedTuple):
 
     steps: list[model.Step]
     cleanup: list[model.Step]
-    drains: list[model.Drain]
-    checks: list[model.Check]
+    drains: tuple[model.Drain, ...]
+    checks: tuple[model.Check, ...]
     version: model.VersionProbe | None
     policy: tuple[int, float, float] | None
+    health: model.Health | None  # of `checks` and `policy`
 
 
 class _Recipe:
@@ -452,15 +434,25 @@ class _Recipe:
         self.kept: list[Any] = [_UNSET] * len(self.pieces)
         self.block: _Block | None = None
 
-    def cut(self, values: list[Any]) -> _Block:
+    def cut(
+        self,
+        values: list[Any],
+        health_of: Callable[
+            [tuple[model.Check, ...], list[tuple[int, float, float]]], model.Health
+        ],
+    ) -> _Block:
+        """`values` (one per piece) as a block; `health_of` makes its Health."""
         a, b, c, d, e = self.ends
+        checks = tuple(values[c:d])
+        policy = self.policy
         return _Block(
             values[:a],
             values[a:b],
-            values[b:c],
-            values[c:d],
+            tuple(values[b:c]),
+            checks,
             values[d] if e > d else None,
-            self.policy,
+            policy,
+            health_of(checks, [policy]) if checks and policy is not None else None,
         )
 
 
@@ -473,154 +465,7 @@ def _same(a: model.Step, b: model.Step) -> bool:
 
 
 def _numbered(step: model.Step, step_id: str) -> model.Step:
+    # by position: 40,000 host plans' steps
     return model.Step(
-        id=step_id,
-        name=step.name,
-        action=step.action,
-        undo=step.undo,
-        check=step.check,
-        idempotent=step.idempotent,
-        become=step.become,
-    )
-
-
-def _step_sources(spec: StepSpec) -> tuple[str | None, ...]:
-    undo = spec.undo if isinstance(spec.undo, str) or spec.undo is None else spec.undo.run
-    config = spec.config
-    if config is None:
-        return (spec.name, spec.run, undo, spec.check)
-    value = None if config.value is None else _scalar(config.value)
-    return (spec.name, config.file, config.section, config.key, value)
-
-
-def _step(
-    spec: StepSpec,
-    path: PathKey,
-    render: Renderer,
-    ctx: dict[str, Any],
-    host: str,
-    *,
-    inventory: Inventory,
-    become: bool,
-) -> model.Step:
-    timeout = spec.timeout if spec.timeout is not None else inventory.ssh.command_timeout
-    action: model.RunAction | model.ConfigAction | model.WaitAction
-    if spec.run is not None:
-        action = model.RunAction(
-            command=render(spec.run, ctx, (*path, "run"), host, "shell"),
-            ok_exit=tuple(spec.ok_exit),
-            repeat_while_exit=tuple(spec.repeat_while_exit),
-            repeat_interval=spec.repeat_interval,
-            repeat_max=spec.repeat_max,
-            timeout=timeout,
-        )
-        default_name = action.command
-    elif spec.config is not None:
-        c = spec.config
-        value = None if c.value is None else _scalar(c.value)
-        action = model.ConfigAction(
-            file=render(c.file, ctx, (*path, "config", "file"), host),
-            section=render(c.section, ctx, (*path, "config", "section"), host),
-            key=render(c.key, ctx, (*path, "config", "key"), host),
-            value=None if value is None else render(value, ctx, (*path, "config", "value"), host),
-        )
-        shown = "absent" if action.value is None else action.value
-        default_name = f"config {action.file} [{action.section}] {action.key} = {shown}"
-    else:
-        action = model.WaitAction(seconds=spec.wait or 0.0)
-        default_name = f"wait {action.seconds:g}s"
-    undo: model.RunAction | None = None
-    if isinstance(spec.undo, str):
-        undo = model.RunAction(
-            command=render(spec.undo, ctx, (*path, "undo"), host, "shell"), timeout=timeout
-        )
-    elif spec.undo is not None:
-        undo = model.RunAction(
-            command=render(spec.undo.run, ctx, (*path, "undo", "run"), host, "shell"),
-            ok_exit=tuple(spec.undo.ok_exit),
-            timeout=spec.undo.timeout if spec.undo.timeout is not None else timeout,
-        )
-    return model.Step(
-        id="",
-        name=render(spec.name, ctx, (*path, "name"), host) if spec.name else default_name,
-        action=action,
-        undo=undo,
-        check=render(spec.check, ctx, (*path, "check"), host, "shell") if spec.check else None,
-        idempotent=spec.idempotent or isinstance(action, model.ConfigAction | model.WaitAction),
-        become=become if spec.become is None else spec.become,
-    )
-
-
-def _scalar(value: str | int | bool) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _drain(
-    spec: Any,
-    path: PathKey,
-    render: Renderer,
-    ctx: dict[str, Any],
-    host: str,
-    *,
-    inventory: Inventory,
-) -> model.Drain:
-    if spec.load_balancer is not None:
-        lb = inventory.load_balancers[spec.load_balancer]
-        return model.LoadBalancerDrain(
-            load_balancer=spec.load_balancer,
-            server=render(spec.server, ctx, (*path, "server"), host),
-            backend=lb.backend,
-            timeout=spec.timeout,
-        )
-    if spec.run is not None:
-        items = [(spec.run, (*path, "run")), (spec.undo, (*path, "undo"))]
-        if spec.wait_until:
-            items.append((spec.wait_until, (*path, "wait_until")))
-        run, undo, *wait = render.many(items, ctx, host, "shell")
-        return model.RunDrain(
-            run=run, undo=undo, wait_until=wait[0] if wait else None, timeout=spec.timeout
-        )
-    url, undo_url = render.many(
-        [(spec.http, (*path, "http")), (spec.undo_http, (*path, "undo_http"))], ctx, host
-    )
-    return model.HttpDrain(url=url, undo_url=undo_url, method=spec.method, timeout=spec.timeout)
-
-
-def _check(
-    spec: Any, path: PathKey, render: Renderer, ctx: dict[str, Any], host: str
-) -> model.Check:
-    if spec.http is not None:
-        return model.HttpCheck(
-            url=render(spec.http, ctx, (*path, "http"), host),
-            expect_status=spec.expect_status,
-            json_path=spec.json_path,
-            expect=render(spec.expect, ctx, (*path, "expect"), host) if spec.expect else None,
-            timeout=spec.timeout,
-        )
-    if spec.tcp is not None:
-        text = render(spec.tcp, ctx, (*path, "tcp"), host)
-        address, _, port = text.rpartition(":")
-        if not address or not port.isdigit() or not 0 < int(port) < 65536:
-            if text:  # an empty text means rendering already failed and was reported
-                render.report(
-                    (*path, "tcp"), f"expected ADDRESS:PORT, got '{text}' (for host {host})"
-                )
-            return model.TcpCheck(address=text, port=0, timeout=spec.timeout)
-        return model.TcpCheck(address=address.strip("[]"), port=int(port), timeout=spec.timeout)
-    return model.CommandCheck(
-        run=render(spec.run, ctx, (*path, "run"), host, "shell"), timeout=spec.timeout
-    )
-
-
-def _probe(
-    spec: Any, path: PathKey, render: Renderer, ctx: dict[str, Any], host: str
-) -> model.VersionProbe:
-    return model.VersionProbe(
-        http=render(spec.http, ctx, (*path, "http"), host) if spec.http else None,
-        json_path=spec.json_path,
-        run=render(spec.run, ctx, (*path, "run"), host, "shell") if spec.run else None,
-        timeout=spec.timeout,
-        releases=tuple((spec.releases or {}).items()),
+        step_id, step.name, step.action, step.undo, step.check, step.idempotent, step.become
     )
