@@ -18,7 +18,7 @@ from orchestrator.errors import Problem, TemplateError
 from orchestrator.inventory import Inventory
 from orchestrator.playbook import Step as StepSpec
 from orchestrator.source import Document, PathKey
-from orchestrator.templating import Flavour, Templates
+from orchestrator.templating import Flavour, Namespace, Templates
 
 
 @dataclass(slots=True)
@@ -200,3 +200,93 @@ def probe(
         timeout=spec.timeout,
         releases=tuple((spec.releases or {}).items()),
     )
+
+
+# --- the same, for many hosts at once -------------------------------------------
+#
+# What `drain` and `check` build, for hosts whose contexts differ only in
+# `host` (hosts without vars, in one role and phase): each template rendered
+# for all of them in one Jinja render (`Templates.render_for_hosts`). None
+# whenever that cannot give what one by one would: the caller then builds
+# host by host, which also reports any problem.
+
+
+def drains_for(
+    spec: Any,
+    render: Renderer,
+    ctx: dict[str, Any],
+    hosts: Sequence[Namespace],
+    *,
+    inventory: Inventory,
+) -> list[model.Drain] | None:
+    templates = render.templates
+    if spec.load_balancer is not None:
+        rows = templates.render_for_hosts((spec.server,), ctx, hosts)
+        if rows is None:
+            return None
+        lb = inventory.load_balancers[spec.load_balancer]
+        return [
+            model.LoadBalancerDrain(
+                load_balancer=spec.load_balancer,
+                server=server,
+                backend=lb.backend,
+                timeout=spec.timeout,
+            )
+            for (server,) in rows
+        ]
+    if spec.run is not None:
+        sources = (spec.run, spec.undo, *([spec.wait_until] if spec.wait_until else []))
+        rows = templates.render_for_hosts(sources, ctx, hosts, "shell")
+        if rows is None:
+            return None
+        return [
+            model.RunDrain(
+                run=run, undo=undo, wait_until=wait[0] if wait else None, timeout=spec.timeout
+            )
+            for run, undo, *wait in rows
+        ]
+    rows = templates.render_for_hosts((spec.http, spec.undo_http), ctx, hosts)
+    if rows is None:
+        return None
+    return [
+        model.HttpDrain(url=url, undo_url=undo_url, method=spec.method, timeout=spec.timeout)
+        for url, undo_url in rows
+    ]
+
+
+def checks_for(
+    spec: Any, render: Renderer, ctx: dict[str, Any], hosts: Sequence[Namespace]
+) -> list[model.Check] | None:
+    templates = render.templates
+    if spec.http is not None:
+        sources = (spec.http, *([spec.expect] if spec.expect else []))
+        rows = templates.render_for_hosts(sources, ctx, hosts)
+        if rows is None:
+            return None
+        return [
+            model.HttpCheck(
+                url=url,
+                expect_status=spec.expect_status,
+                json_path=spec.json_path,
+                expect=expect[0] if expect else None,
+                timeout=spec.timeout,
+            )
+            for url, *expect in rows
+        ]
+    if spec.tcp is not None:
+        rows = templates.render_for_hosts((spec.tcp,), ctx, hosts)
+        if rows is None:
+            return None
+        found: list[model.Check] = []
+        for (text,) in rows:
+            address, _, port = text.rpartition(":")
+            if not address or not port.isdigit() or not 0 < int(port) < 65536:
+                return None  # built host by host, this one is reported
+            found.append(
+                model.TcpCheck(address=address.strip("[]"), port=int(port), timeout=spec.timeout)
+            )
+        return found
+    rows = templates.render_for_hosts((spec.run,), ctx, hosts, "shell")
+    if rows is None:
+        return None
+    return [model.CommandCheck(run=run, timeout=spec.timeout) for (run,) in rows]

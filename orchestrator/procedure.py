@@ -75,6 +75,7 @@ class Procedures:
         whether the phase drains, health-checks and verifies the version."""
         hosts, block_of = self._hosts, self._block
         shapes = self._shapes.setdefault(index, {})
+        self._prefetch(index, phase, names, duties)
         plans = []
         for name in names:
             host = hosts.get(name) or self._host(name)
@@ -110,6 +111,40 @@ class Procedures:
                 )
             )
         return tuple(plans)
+
+    def _prefetch(
+        self, index: int, phase: Phase, names: Sequence[str], duties: tuple[bool, bool, bool]
+    ) -> None:
+        """Build at once, for the hosts without vars of each recipe, the pieces
+        that read `host` and are not built yet (a drain for each host): one
+        Jinja render for all of them instead of one per host. A piece that
+        cannot be built so is left to `_value`, host by host."""
+        shapes = self._shapes.setdefault(index, {})
+        groups: dict[int, tuple[_Recipe, list[_Host]]] = {}
+        for name in names:
+            host = self._hosts.get(name) or self._host(name)
+            if not host.plain:
+                continue
+            shape = shapes.get(host.shape)
+            if shape is None:
+                shape = shapes[host.shape] = self._shape(index, phase, host, duties)
+            if shape[1] is not None:
+                groups.setdefault(id(shape[1]), (shape[1], []))[1].append(host)
+        for recipe, members in groups.values():
+            context = {**self.base, "role": recipe.role, "phase": recipe.phase}
+            for piece in recipe.pieces:
+                if piece.many is None or piece.plain is None or piece.reads_no_host:
+                    continue
+                missing: dict[tuple[Any, ...], _Host] = {}
+                for host in members:
+                    key = _plain_key(piece, piece.plain, host, recipe.role, recipe.phase)
+                    if key not in self._built:
+                        missing.setdefault(key, host)
+                if len(missing) < 2:
+                    continue
+                built = piece.many(context, [host.namespace for host in missing.values()])
+                if built is not None:
+                    self._built.update(zip(missing, built, strict=True))
 
     def _shape(
         self, index: int, phase: Phase, host: _Host, duties: tuple[bool, bool, bool]
@@ -232,13 +267,15 @@ class Procedures:
     def _drain(self, role: str, spec: Any) -> _Piece:
         path: PathKey = ("roles", role, "drain")
         build = partial(pieces.drain, spec, path, self.inv_render, inventory=self.inventory)
+        many = partial(pieces.drains_for, spec, self.inv_render, inventory=self.inventory)
         sources = (spec.server, spec.run, spec.undo, spec.wait_until, spec.http, spec.undo_http)
-        return self._piece(path, build, sources)
+        return self._piece(path, build, sources, many=many)
 
     def _check(self, role: str, k: int, spec: Any) -> _Piece:
         path: PathKey = ("roles", role, "health", k)
         build = partial(pieces.check, spec, path, self.inv_render)
-        return self._piece(path, build, (spec.http, spec.expect, spec.tcp, spec.run))
+        many = partial(pieces.checks_for, spec, self.inv_render)
+        return self._piece(path, build, (spec.http, spec.expect, spec.tcp, spec.run), many=many)
 
     def _probe(self, role: str, spec: Any) -> _Piece:
         path: PathKey = ("roles", role, "version")
@@ -252,6 +289,7 @@ class Procedures:
         build: Callable[[dict[str, Any], str], Any],
         sources: Sequence[str | None],
         *variant: Any,
+        many: Callable[[dict[str, Any], Sequence[Namespace]], list[Any] | None] | None = None,
     ) -> _Piece:
         """The piece at `path` (one per variant: a step's `become`)."""
         key = (path, *variant)
@@ -263,7 +301,7 @@ class Procedures:
                 names, fields = None, {}
             plain = None if names is None else _plain(names, fields)
             no_host = plain is not None and plain[0] is None
-            found = self._pieces[key] = _Piece(path, build, names, fields, plain, no_host)
+            found = self._pieces[key] = _Piece(path, build, names, fields, plain, no_host, many)
         return found
 
     def _value(self, piece: _Piece, host: _Host, role: str, phase: str) -> Any:
@@ -271,21 +309,7 @@ class Procedures:
         distinct set of values it reads; a build that reported a problem is not kept."""
         plain = piece.plain
         if plain is not None and host.plain:
-            # the common case, a host without vars: its layer is `host` alone
-            fields, by_role, by_phase = plain
-            if fields is None:
-                part: Any = None
-            elif fields is _WHOLE:
-                part = host.name  # the namespace is the host's own
-            else:
-                ns = host.namespace
-                part = tuple([frozen(ns[f]) if f in ns else _BASE for f in fields])
-            key: tuple[Any, ...] = (
-                piece,
-                part,
-                role if by_role else None,
-                phase if by_phase else None,
-            )
+            key = _plain_key(piece, plain, host, role, phase)
         elif piece.names is None:
             return piece.build(self.context(host.name, role, phase), host.name)
         else:
@@ -354,6 +378,9 @@ class _Host:
 
 
 _WHOLE = ("*",)  # a piece reads `host` as a whole
+# for a host without vars: which fields of `host` a piece reads (None, some,
+# _WHOLE), and whether it reads the role and the phase
+_Plain = tuple[tuple[str, ...] | None, bool, bool]
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # a key part: hashed by identity
@@ -367,13 +394,28 @@ class _Piece:
     build: Callable[[dict[str, Any], str], Any]
     names: tuple[str, ...] | None
     fields: Mapping[str, tuple[str, ...]]
-    plain: tuple[tuple[str, ...] | None, bool, bool] | None
+    plain: _Plain | None
     reads_no_host: bool
+    # builds the value for many hosts at once (`_prefetch`), or None
+    many: Callable[[dict[str, Any], Sequence[Namespace]], list[Any] | None] | None
 
 
 def _plain(names: tuple[str, ...], fields: Mapping[str, tuple[str, ...]]) -> Any:
     host = None if "host" not in names else fields.get("host", _WHOLE)
     return (host, "role" in names, "phase" in names)
+
+
+def _plain_key(piece: _Piece, plain: _Plain, host: _Host, role: str, phase: str) -> tuple[Any, ...]:
+    """The key of a piece for a host without vars: its layer is `host` alone."""
+    fields, by_role, by_phase = plain
+    if fields is None:
+        part: Any = None
+    elif fields is _WHOLE:
+        part = host.name  # the namespace is the host's own
+    else:
+        ns = host.namespace
+        part = tuple([frozen(ns[f]) if f in ns else _BASE for f in fields])
+    return (piece, part, role if by_role else None, phase if by_phase else None)
 
 
 def _layer_key(piece: _Piece, layer: dict[str, Any], role: str, phase: str) -> list[Any]:

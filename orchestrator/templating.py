@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
@@ -147,9 +147,14 @@ def _compile(flavour: Flavour, source: str) -> _Compiled:
     return _Compiled(template, tuple(sorted(names)), _fields_read(ast, names), joinable)
 
 
-# between templates rendered together: text no template holds (refused
-# otherwise) and a rendered value holding it is noticed (too many parts)
+# between templates rendered together, and after each host's: text no
+# template holds (refused otherwise); a rendered value holding one is
+# noticed (too many parts)
 _SEPARATOR = "\x00\x1f\x1e\x00"
+_ROW = "\x00\x1d\x1c\x00"
+_HOSTS = "__orchestrator_hosts__"
+# names a loop body sees other than a template alone does
+_LOOP_NAMES = {"loop", _HOSTS}
 
 
 @lru_cache(maxsize=1024)
@@ -166,6 +171,24 @@ def _joined(flavour: Flavour, sources: tuple[str, ...]) -> _Compiled | None:
     if not all(c.joinable for c in each) or any(_SEPARATOR in source for source in sources):
         return None
     return _compile(flavour, _SEPARATOR.join(sources))
+
+
+@lru_cache(maxsize=1024)
+def _looped(flavour: Flavour, sources: tuple[str, ...]) -> _Compiled | None:
+    """`sources` joined as in `_joined`, in a loop binding ``host`` to each
+    of a list of hosts; None when that would not render them the same."""
+    if not sources:
+        return None
+    try:
+        each = [_compile(flavour, source) for source in sources]
+    except TemplateError:
+        return None
+    if not all(c.joinable for c in each) or any(_LOOP_NAMES.intersection(c.names) for c in each):
+        return None
+    if any(_SEPARATOR in source or _ROW in source for source in sources):
+        return None
+    body = _SEPARATOR.join(sources)
+    return _compile(flavour, f"{{% for host in {_HOSTS} %}}{body}{_ROW}{{% endfor %}}")
 
 
 def _fields_read(ast: nodes.Template, names: set[str]) -> dict[str, tuple[str, ...]]:
@@ -269,6 +292,41 @@ class Templates:
         out = list(sources)  # text without Jinja syntax is returned as it is
         for n, part in zip(spots, parts, strict=True):
             out[n] = part
+        return out
+
+    def render_for_hosts(
+        self,
+        sources: tuple[str, ...],
+        context: Mapping[str, Any],
+        hosts: Sequence[Namespace],
+        flavour: Flavour = "text",
+    ) -> list[list[str]] | None:
+        """Each of `sources` rendered for each of `hosts` as ``host`` (every
+        other name from `context`, the same for all), in one Jinja render: a
+        loop over the hosts around the joined templates (`render_all`'s
+        rules, and none may read ``loop``, which the loop defines). None
+        when they may not, or anything fails: render host by host then."""
+        spots = [n for n, source in enumerate(sources) if is_template(source)]
+        looped = _looped(flavour, tuple(sources[n] for n in spots))
+        if looped is None:
+            return None
+        try:
+            text = _render(looped, {**context, _HOSTS: hosts})
+        except TemplateError:
+            return None
+        rows = text.split(_ROW)
+        if len(rows) != len(hosts) + 1 or rows[-1]:
+            return None
+        out = []
+        for row in rows[:-1]:
+            parts = row.split(_SEPARATOR)
+            if len(parts) != len(spots):
+                return None
+            values = list(sources)  # text without Jinja syntax is returned as it is
+            for n, part in zip(spots, parts, strict=True):
+                values[n] = part
+            out.append(values)
+        self.renders += len(spots) * len(hosts)
         return out
 
     def _result(self, compiled: _Compiled, context: Mapping[str, Any], count: int) -> str:

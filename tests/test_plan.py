@@ -856,3 +856,27 @@ def test_a_template_error_names_the_first_host_it_fails_for() -> None:
         "inv.yaml:4:13: roles.compute.drain.run: undefined template variable: "
         "'dict object' has no attribute 'rack' (for host cmp-1)"
     ]
+
+
+def test_hosts_built_together_get_the_plan_they_get_one_by_one() -> None:
+    # a host var, even one no template reads, makes a host's context its own:
+    # such hosts are built one by one, the others many at a time
+    together = _templates_and_plan(_many(30))[1]
+    with_vars = _many(30).replace("roles: [compute]}", "roles: [compute], vars: {unused: x}}")
+    one_by_one = _templates_and_plan(with_vars)[1]
+
+    assert model.to_json(together) == model.to_json(one_by_one)
+
+
+def test_a_bad_check_among_many_hosts_is_reported_for_its_host() -> None:
+    inventory = _many(8).replace(
+        "{tcp: '{{ host.address }}:16509'}",
+        "{tcp: \"{{ host.address }}:{{ '99999' if host.name == 'cmp-5' else '16509' }}\"}",
+    )
+
+    with pytest.raises(InputError) as info:
+        _templates_and_plan(inventory)
+
+    [problem] = info.value.problems
+    assert problem.field == "roles.compute.health[0].tcp"
+    assert problem.message == "expected ADDRESS:PORT, got '10.0.1.6:99999' (for host cmp-5)"

@@ -404,3 +404,39 @@ def test_text_without_jinja_syntax_is_returned_as_it_is_even_among_templates() -
     sources = ("a\r\nb {x}", "{{ x }}", "{{ x }}!")
 
     assert Templates().render_all(sources, _ctx(x="v")) == ["a\r\nb {x}", "v", "v!"]
+
+
+# --- one render for many hosts ---------------------------------------------------
+
+
+def test_templates_rendered_for_many_hosts_render_as_for_each_alone() -> None:
+    sources = ("disable {{ host.name }}", "plain", "ping {{ host.address }} {{ to_version }}")
+    contexts = _contexts(4)
+    shared = {k: v for k, v in contexts[0].items() if k != "host"}
+
+    rows = Templates().render_for_hosts(sources, shared, [c["host"] for c in contexts], "shell")
+
+    assert rows == [[render(s, c, "shell") for s in sources] for c in contexts]
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        ("{{ loop }}",),  # the loop defines it
+        ("{% if host.name %}x{% endif %}",),  # a statement
+        ("{{ host.name }}\n",),  # a final newline
+        ("{{ missing }}",),  # fails: host by host says where
+    ],
+)
+def test_templates_that_a_loop_would_change_are_not_rendered_for_many(
+    sources: tuple[str, ...],
+) -> None:
+    hosts = [c["host"] for c in _contexts(2)]
+
+    assert Templates().render_for_hosts(sources, {}, hosts) is None
+
+
+def test_a_host_value_holding_a_separator_is_noticed() -> None:
+    hosts = [_host("a\x00\x1d\x1c\x00b", "10.0.0.1"), _host("c", "10.0.0.2")]
+
+    assert Templates().render_for_hosts(("{{ host.name }}",), {}, hosts) is None
