@@ -60,6 +60,8 @@ class Procedures:
         # per phase, per host shape: its roles there, and its recipe if one role
         self._shapes: dict[int, dict[tuple[int, bool], tuple[tuple[str, ...], _Recipe | None]]]
         self._shapes = {}
+        # what _prefetch found for the hosts of the batch being built
+        self._fetched: dict[str, dict[_Piece, Any]] = {}
 
     def context(self, name: str, role: str, phase: str) -> dict[str, Any]:
         """The template context of host `name` as `role` in `phase`."""
@@ -75,7 +77,7 @@ class Procedures:
         whether the phase drains, health-checks and verifies the version."""
         hosts, block_of = self._hosts, self._block
         shapes = self._shapes.setdefault(index, {})
-        self._prefetch(index, phase, names, duties)
+        self._fetched = self._prefetch(index, phase, names, duties)
         plans = []
         for name in names:
             host = hosts.get(name) or self._host(name)
@@ -114,11 +116,13 @@ class Procedures:
 
     def _prefetch(
         self, index: int, phase: Phase, names: Sequence[str], duties: tuple[bool, bool, bool]
-    ) -> None:
+    ) -> dict[str, dict[_Piece, Any]]:
         """Build at once, for the hosts without vars of each recipe, the pieces
         that read `host` and are not built yet (a drain for each host): one
         Jinja render for all of them instead of one per host. A piece that
-        cannot be built so is left to `_value`, host by host."""
+        cannot be built so is left to `_value`, host by host. What each host
+        gets (built now or before), by host name and piece."""
+        fetched: dict[str, dict[_Piece, Any]] = {}
         shapes = self._shapes.setdefault(index, {})
         groups: dict[int, tuple[_Recipe, list[_Host]]] = {}
         for name in names:
@@ -135,16 +139,22 @@ class Procedures:
             for piece in recipe.pieces:
                 if piece.many is None or piece.plain is None or piece.reads_no_host:
                     continue
+                keys = [
+                    _plain_key(piece, piece.plain, h, recipe.role, recipe.phase) for h in members
+                ]
                 missing: dict[tuple[Any, ...], _Host] = {}
-                for host in members:
-                    key = _plain_key(piece, piece.plain, host, recipe.role, recipe.phase)
+                for key, host in zip(keys, members, strict=True):
                     if key not in self._built:
                         missing.setdefault(key, host)
-                if len(missing) < 2:
-                    continue
-                built = piece.many(context, [host.namespace for host in missing.values()])
-                if built is not None:
-                    self._built.update(zip(missing, built, strict=True))
+                if len(missing) > 1:
+                    built = piece.many(context, [host.namespace for host in missing.values()])
+                    if built is not None:
+                        self._built.update(zip(missing, built, strict=True))
+                for key, host in zip(keys, members, strict=True):
+                    value = self._built.get(key)
+                    if value is not None:
+                        fetched.setdefault(host.name, {})[piece] = value
+        return fetched
 
     def _shape(
         self, index: int, phase: Phase, host: _Host, duties: tuple[bool, bool, bool]
@@ -197,9 +207,12 @@ class Procedures:
         if plain and recipe.block is not None:
             return recipe.block
         kept = recipe.kept
+        fetched = self._fetched.get(host.name) if plain else None
         values = []
         for n, piece in enumerate(recipe.pieces):
             value = kept[n] if plain else _UNSET
+            if value is _UNSET and fetched is not None:
+                value = fetched.get(piece, _UNSET)
             if value is _UNSET:
                 before = len(self.problems)
                 value = self._value(piece, host, recipe.role, recipe.phase)
