@@ -143,6 +143,7 @@ def _encoder(writer: _Writer, cls: type) -> Encode:
         "    m = memo[e]",
         "    parts = [",
     ]
+    values = []
     for n, (name, key, exclude) in enumerate(layout):
         names[f"k{n}"] = key
         hint = types[name]
@@ -173,6 +174,7 @@ def _encoder(writer: _Writer, cls: type) -> Encode:
             value = f"seq(o.{name}, e)"
         else:
             value = f"text(o.{name}, e)"
+        values.append(value)
         if exclude is None:
             body.append(f"        k{n} + {value},")
         else:  # left out when its exclude_if holds
@@ -186,8 +188,28 @@ def _encoder(writer: _Writer, cls: type) -> Encode:
     body.append("    ]")
     body.append('    if not parts:\n        return "{}"')
     body.append('    return "{" + p + ("," + p).join(parts) + pads[d] + "}"')
+    if layout and not any(exclude for _, _, exclude in layout):
+        # every field always there: one join of the keys (their commas and
+        # indentation made per depth once) and the values
+        names["keys"] = [_keys(layout, writer.pads, d) for d in range(MAX_DEPTH - 1)]
+        joined = ", ".join(f"K[{n}], {value}" for n, value in enumerate(values))
+        body = [
+            "def encode(o, d):",
+            "    e = d + 1",
+            "    m = memo[e]",
+            "    K = keys[d]",
+            f'    return "".join(({joined}, K[{len(values)}]))',
+        ]
     exec("\n".join(body), names)
     return typing.cast(Encode, names["encode"])
+
+
+def _keys(layout: Layout, pads: list[str], depth: int) -> list[str]:
+    """What goes before each field of an object at `depth` (the opening
+    brace or a comma, the indentation, the key), and the closing brace."""
+    inner = pads[depth + 1]
+    found = [("," if n else "{") + inner + key for n, (_, key, _) in enumerate(layout)]
+    return [*found, pads[depth] + "}"]
 
 
 class _Writer:
@@ -267,7 +289,7 @@ class _Writer:
                 return "[]"
             inner = self.pads[depth + 1]
             body = ("," + inner).join([self.text(v, depth + 1) for v in obj])
-            return "[" + inner + body + self.pads[depth] + "]"
+            return "".join(("[", inner, body, self.pads[depth], "]"))
         if _is_dataclass_type(kind):
             self.encoders[kind] = _encoder(self, kind)
             return self.text(obj, depth)
@@ -280,7 +302,7 @@ class _Writer:
         inner = self.pads[depth + 1]
         memo, text, below = self.memo[depth + 1], self.text, depth + 1
         body = ("," + inner).join([memo.get(id(v)) or text(v, below) for v in values])
-        return "[" + inner + body + self.pads[depth] + "]"
+        return "".join(("[", inner, body, self.pads[depth], "]"))
 
     def sequence_of(self, values: tuple[Any, ...], depth: int, cls: type) -> str:
         """A tuple of `cls` instances (as the type says): written by its encoder."""
@@ -293,7 +315,7 @@ class _Writer:
         body = ("," + inner).join(
             [encode(v, below) if type(v) is cls else text(v, below) for v in values]
         )
-        return "[" + inner + body + self.pads[depth] + "]"
+        return "".join(("[", inner, body, self.pads[depth], "]"))
 
     def sequence(self, values: tuple[Any, ...], depth: int) -> str:
         if not values:
@@ -301,7 +323,7 @@ class _Writer:
         inner = self.pads[depth + 1]
         text, below = self.text, depth + 1
         body = ("," + inner).join([text(v, below) for v in values])
-        return "[" + inner + body + self.pads[depth] + "]"
+        return "".join(("[", inner, body, self.pads[depth], "]"))
 
     def strings(self, values: tuple[str, ...], depth: int) -> str:
         if not values:
@@ -311,7 +333,7 @@ class _Writer:
             body = ("," + inner).join(map(self.string, values))
         else:  # not what the type says: written as what it is
             body = ("," + inner).join([self.text(v, depth + 1) for v in values])
-        return "[" + inner + body + self.pads[depth] + "]"
+        return "".join(("[", inner, body, self.pads[depth], "]"))
 
     def float(self, value: float) -> str:
         if type(value) is not float:  # not what the type says: written as what it is
