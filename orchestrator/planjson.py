@@ -329,9 +329,9 @@ class _Writer:
         if not values:
             return "[]"
         inner = self.pads[depth + 1]
-        if all(type(v) is str for v in values):
+        try:
             body = ("," + inner).join(map(self.string, values))
-        else:  # not what the type says: written as what it is
+        except TypeError:  # not what the type says: written as what it is
             body = ("," + inner).join([self.text(v, depth + 1) for v in values])
         return "".join(("[", inner, body, self.pads[depth], "]"))
 
