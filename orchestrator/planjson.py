@@ -128,7 +128,7 @@ def _encoder(writer: _Writer, cls: type) -> Encode:
     names: dict[str, Any] = {
         "s": writer.string,
         "fl": writer.float,
-        "strs": writer.strings,
+        "commas": writer.commas,
         "seq": writer.sequence,
         "seq_shared": writer.shared_sequence,
         "seq_of": writer.sequence_of,
@@ -163,8 +163,11 @@ def _encoder(writer: _Writer, cls: type) -> Encode:
             value = f'("true" if o.{name} else "false")'
         elif hint is float:
             value = f"fl(o.{name})"
-        elif element is str:
-            value = f"strs(o.{name}, e)"
+        elif element is str:  # a str (subclass) each, or TypeError
+            value = (
+                f'("[]" if not o.{name} else "".join(("[", pads[e + 1], '
+                f'commas[e + 1].join(map(s, o.{name})), pads[e], "]")))'
+            )
         elif element is not None and _classes(element) and _classes(element) <= writer.shared:
             value = f"seq_shared(o.{name}, e)"
         elif element is not None and _is_dataclass_type(element):
@@ -227,6 +230,7 @@ class _Writer:
         self.string = encode_basestring_ascii if canonical else encode_basestring
         self.pads = _pads(None if canonical else indent)
         self.colon = ": " if self.pads[0] else ":"
+        self.commas = ["," + pad for pad in self.pads]
         self.encoders: dict[type, Encode] = {}
         self.layouts: dict[type, Layout] = {}
         self.nesting: dict[type, bool] = {}
@@ -323,16 +327,6 @@ class _Writer:
         inner = self.pads[depth + 1]
         text, below = self.text, depth + 1
         body = ("," + inner).join([text(v, below) for v in values])
-        return "".join(("[", inner, body, self.pads[depth], "]"))
-
-    def strings(self, values: tuple[str, ...], depth: int) -> str:
-        if not values:
-            return "[]"
-        inner = self.pads[depth + 1]
-        try:
-            body = ("," + inner).join(map(self.string, values))
-        except TypeError:  # not what the type says: written as what it is
-            body = ("," + inner).join([self.text(v, depth + 1) for v in values])
         return "".join(("[", inner, body, self.pads[depth], "]"))
 
     def float(self, value: float) -> str:
