@@ -300,17 +300,20 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
 def estimate_line(plan: model.Plan) -> str:
     """The critical path's length, from this user's daemon journal, if it has
     earlier successful upgrades of the same playbook."""
+    journal = default_state_dir() / JOURNAL_FILE
+    none_yet = (
+        f"estimate: none yet (no earlier successful upgrade of playbook {plan.name} "
+        f"covering every phase in {journal})"
+    )
+    if not journal.exists():  # nothing to read: the engine need not load
+        return none_yet
     from orchestrator.engine.eta import critical_path, from_journal  # noqa: PLC0415
     from orchestrator.render import duration  # noqa: PLC0415
 
-    journal = default_state_dir() / JOURNAL_FILE
     past = from_journal(journal, plan.name)
     left = critical_path(plan, past) if past.upgrades else None
     if left is None:
-        return (
-            f"estimate: none yet (no earlier successful upgrade of playbook {plan.name} "
-            f"covering every phase in {journal})"
-        )
+        return none_yet
     runs = f"{past.upgrades} earlier upgrade" + ("s" if past.upgrades != 1 else "")
     return (
         f"estimate: about {duration(left)} along the critical path "
