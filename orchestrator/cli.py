@@ -278,6 +278,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     from orchestrator import model  # noqa: PLC0415 - see the imports
     from orchestrator.pipeline import paused_gc  # noqa: PLC0415
     from orchestrator.plan import Options  # noqa: PLC0415
+    from orchestrator.planjson import gathered  # noqa: PLC0415
     from orchestrator.planview import tree_chunks  # noqa: PLC0415
 
     options = Options(
@@ -285,15 +286,12 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     )
     with paused_gc():  # the plan's objects make no garbage cycles (pipeline.paused_gc)
         plan = build(args.inventory, args.playbook, options)
-        if args.json:
-            # written as it is encoded: a 10,000-host plan is 100 MB of JSON
-            for chunk in model.json_chunks(plan):
-                out.write(chunk)
-            out.write("\n")
-        else:
-            for chunk in tree_chunks(plan):
-                out.write(chunk)
-            out.write(estimate_line(plan) + "\n")
+        # written as it is made, a megabyte at a time: a 10,000-host plan is
+        # 100 MB of JSON
+        chunks = model.json_chunks(plan) if args.json else tree_chunks(plan)
+        for chunk in gathered(chunks):
+            out.write(chunk)
+        out.write("\n" if args.json else estimate_line(plan) + "\n")
     return EXIT_OK
 
 

@@ -354,7 +354,7 @@ def _digest(plan: Plan) -> str:
     found = _DIGESTS.get(id(plan))
     if found is None:
         sha = hashlib.sha256()
-        for chunk in planjson.canonical_chunks(plan, _SHARED):
+        for chunk in planjson.gathered(planjson.canonical_chunks(plan, _SHARED)):
             sha.update(chunk.encode())
         found = _DIGESTS[id(plan)] = sha.hexdigest()
         weakref.finalize(plan, _DIGESTS.pop, id(plan), None)

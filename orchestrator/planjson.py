@@ -27,7 +27,7 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any
 
@@ -371,3 +371,18 @@ def shown_chunks(
     next(pieces)  # "{"
     yield "{" + writer.pads[1] + '"digest"' + writer.colon + encode_basestring(digest) + ","
     yield from pieces
+
+
+def gathered(chunks: Iterable[str], size: int = 1 << 20) -> Iterator[str]:
+    """`chunks` joined into pieces of about `size` characters: one write (or
+    hash update) per megabyte instead of one per host plan."""
+    pending: list[str] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield "".join(pending)
+            pending, held = [], 0
+    if pending:
+        yield "".join(pending)

@@ -306,3 +306,13 @@ def _plan(
         load_balancers=(),
         phases=(phase,),
     )
+
+
+def test_pieces_are_gathered_into_megabytes_in_order() -> None:
+    pieces = [f"{n:04d}" * 10 for n in range(100)]  # 40 characters each
+
+    joined = list(planjson.gathered(pieces, size=100))
+
+    assert "".join(joined) == "".join(pieces)
+    assert [len(j) for j in joined] == [120] * 33 + [40]
+    assert list(planjson.gathered([], size=100)) == []
