@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -111,10 +112,18 @@ def load_text(text: str, name: str) -> Document:
         raise InputError(
             Problem(file=name, line=line, message="not valid Unicode: a lone surrogate character")
         ) from None
-    simple = _bound_depth(text, name)
+    # without an anchor or alias nothing can expand, and libyaml refuses to
+    # compose past its own nesting limit: compose first, and let _build count
+    # and bound what it walks anyway (the parser's events took 0.1 s of a
+    # 10,000-host inventory); the checks before composing run only to say
+    # why a document is refused, so it is refused as before
+    fast = "&" not in text and "*" not in text and _nesting_bounded()
+    simple = fast or _bound_depth(text, name)
     try:
-        node = yaml.compose(text, Loader=_Loader)  # at most MAX_DEPTH deep: _bound_depth
+        node = yaml.compose(text, Loader=_Loader)  # not deeper than MAX_DEPTH, or fast
     except yaml.MarkedYAMLError as exc:
+        if fast:
+            _bound_depth(text, name)
         mark = exc.problem_mark or exc.context_mark
         context = exc.context or ""
         if (
@@ -135,14 +144,64 @@ def load_text(text: str, name: str) -> Document:
             )
         ) from None
     except yaml.YAMLError as exc:
+        if fast:
+            _bound_depth(text, name)
         raise InputError(Problem(file=name, message=f"YAML error: {exc}")) from None
     doc = Document(name=name, data=None)
     if node is None:
         raise InputError(Problem(file=name, line=1, message="the document is empty"))
-    if not simple:
-        _measure(node, name)
-    doc.data = _build(node, (), doc, doc.problems)
+    if not fast:
+        if not simple:
+            _measure(node, name)
+        doc.data = _build(node, (), doc, doc.problems)
+        return doc
+    try:
+        doc.data = _build(node, (), doc, doc.problems, tally=_Tally())
+    except _OverLimit:
+        _bound_depth(text, name)  # a collection too deep: refused where it opens
+        _measure(node, name)  # too many values, or a scalar too deep
+        raise  # pragma: no cover - one of the two refuses what _build passed
     return doc
+
+
+@cache
+def _nesting_bounded() -> bool:
+    """Whether composing refuses to nest past libyaml's own limit (1000
+    levels, libyaml 0.2.5 and later) instead of recursing as deep as the
+    text goes: then a document may be composed before its depth is known."""
+    if _Loader is yaml.SafeLoader:  # pragma: no cover - libyaml missing
+        return False
+    try:
+        yaml.compose("[" * 1001 + "]" * 1001, Loader=_Loader)
+    except yaml.YAMLError:
+        return True
+    return False  # pragma: no cover - an old libyaml
+
+
+class _Tally:
+    """The values built so far, when no alias can make one count twice."""
+
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values = 0
+
+    def count(self, depth: int) -> None:
+        self.values += 1
+        if depth > MAX_DEPTH or self.values > MAX_NODES:
+            raise _OverLimit
+
+    def skip(self, node: yaml.Node, depth: int) -> None:
+        """Count a part of the document that is not built (a duplicate key's value)."""
+        stack = [(node, depth)]
+        while stack:
+            part, at = stack.pop()
+            self.count(at)
+            stack.extend((child, at + 1) for child in _children(part))
+
+
+class _OverLimit(Exception):
+    """A document passes MAX_DEPTH or MAX_NODES: load_text says which, as before."""
 
 
 _OPEN = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
@@ -249,19 +308,37 @@ def _problem_at(name: str, node: yaml.Node, message: str) -> Problem:
 _constructor = yaml.SafeLoader("")
 
 
-def _build(node: yaml.Node, path: PathKey, doc: Document, problems: list[Problem]) -> Any:
+def _build(
+    node: yaml.Node,
+    path: PathKey,
+    doc: Document,
+    problems: list[Problem],
+    *,
+    tally: _Tally | None = None,
+    depth: int = 1,
+) -> Any:
+    """The value of `node`; with a `tally`, every node of the document is
+    counted on the way, built or not (a skipped key's value too)."""
+    if tally is not None:
+        tally.count(depth)
     doc.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         first_seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
+            if tally is not None:
+                tally.skip(key_node, depth + 1)
             if key_node.tag == "tag:yaml.org,2002:merge":
                 problems.append(
                     _at(doc, key_node, path, "YAML merge keys ('<<') are not supported")
                 )
+                if tally is not None:
+                    tally.skip(value_node, depth + 1)
                 continue
             key = _build_scalar_key(key_node, path, doc, problems)
             if key is None:
+                if tally is not None:
+                    tally.skip(value_node, depth + 1)
                 continue
             child = (*path, key)
             if key in first_seen:
@@ -273,13 +350,18 @@ def _build(node: yaml.Node, path: PathKey, doc: Document, problems: list[Problem
                         f"duplicate key '{key}' (first defined on line {first_seen[key]})",
                     )
                 )
+                if tally is not None:
+                    tally.skip(value_node, depth + 1)
                 continue
             first_seen[key] = key_node.start_mark.line + 1
             doc.positions[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            out[key] = _build(value_node, child, doc, problems)
+            out[key] = _build(value_node, child, doc, problems, tally=tally, depth=depth + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*path, i), doc, problems) for i, item in enumerate(node.value)]
+        return [
+            _build(item, (*path, i), doc, problems, tally=tally, depth=depth + 1)
+            for i, item in enumerate(node.value)
+        ]
     value = _construct(node, path, doc, problems)
     if value is not None and not isinstance(value, str):
         doc.texts[path] = str(node.value)
@@ -298,8 +380,10 @@ def _construct(node: yaml.Node, path: PathKey, doc: Document, problems: list[Pro
         return _constructor.construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
         reason = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
-        problems.append(_at(doc, node, path, f"cannot read this value: {reason}"))
-        return None
+    except (LookupError, AttributeError):  # PyYAML's constructors on an empty `!!int`
+        reason = f"not a valid {str(node.tag).replace('tag:yaml.org,2002:', '!!')}"
+    problems.append(_at(doc, node, path, f"cannot read this value: {reason}"))
+    return None
 
 
 def _syntax_hint(text: str, exc: yaml.MarkedYAMLError) -> str:

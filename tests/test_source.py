@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator import source
@@ -309,3 +311,97 @@ def test_plain_strings_and_tagged_scalars_read_as_yaml_reads_them() -> None:
     doc = load_text("a: text\nb: !!str 12\nc: 12\nd: '12'\ne: !!binary aGk=\n", "t.yaml")
 
     assert doc.data == {"a": "text", "b": "12", "c": 12, "d": "12", "e": b"hi"}
+
+
+# --- composed first when nothing can expand: the same documents, the same refusals
+
+YAML_TOKENS = [
+    "a",
+    "b: ",
+    "- ",
+    ": ",
+    "? ",
+    "[",
+    "]",
+    "{",
+    "}",
+    ", ",
+    "'q'",
+    '"d"',
+    "1",
+    "yes",
+    "!!int ",
+    "!!binary ",
+    "<<: ",
+    "#c",
+    "\n",
+    "\n  ",
+    "\n    ",
+    "\t",
+    "---\n",
+    "é",
+]
+
+
+def _outcome(text: str) -> object:
+    try:
+        doc = load_text(text, "t.yaml")
+    except InputError as exc:
+        return [str(p) for p in exc.problems]
+    return (doc.data, doc.positions, [str(p) for p in doc.problems], doc.texts)
+
+
+def _checked_first(monkeypatch: pytest.MonkeyPatch, text: str) -> object:
+    with monkeypatch.context() as patched:
+        patched.setattr(source, "_nesting_bounded", lambda: False)  # the events first, always
+        return _outcome(text)
+
+
+EDGES = [
+    "[" * 63 + "1" + "]" * 63,
+    "[" * 64 + "1" + "]" * 64,
+    "[" * 65 + "]" * 65,
+    "[" * 1001 + "]" * 1001,  # past libyaml's own limit: refused by ours
+    "[" * 70 + "1, {a: [" + "]" * 70,  # too deep, and a syntax error after
+    "a: {" * 30 + "b: [" * 40 + "x" + "]" * 40 + "}" * 30,
+    "".join(" " * i + f"k{i}:\n" for i in range(70)) + " " * 70 + "v\n",
+    "a: 1\na: {b: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[x]]]]]]]]]]"
+    "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}\n",  # deep under a duplicate
+    "? [" * 66 + "k" + "]" * 66 + "\n: v\n",  # deep in a key
+    "a: !!binary nope\nb: !!int x\n<<: {c: 1}\n[1]: 2\n",
+    "",
+    "a: 'unclosed\n",
+]
+
+
+@pytest.mark.parametrize("text", EDGES)
+def test_documents_composed_first_load_as_when_checked_first(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    assert _outcome(text) == _checked_first(monkeypatch, text)
+
+
+def test_too_many_values_is_refused_as_when_checked_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(source, "MAX_NODES", 20)
+    for text in ("[" + ", ".join(["1"] * 30) + "]", "a: 1\na: [" + ", ".join(["1"] * 30) + "]"):
+        assert _outcome(text) == _checked_first(monkeypatch, text)
+        assert "more than 20 values" in str(_outcome(text))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(YAML_TOKENS), max_size=40).map("".join))
+def test_random_documents_load_as_when_checked_first(text: str) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert _outcome(text) == _checked_first(monkeypatch, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [("a: !!int\n", "!!int"), ("a: !!float\n", "!!float"), ("a: !!bool\n", "!!bool")],
+)
+def test_an_empty_tagged_value_is_a_located_problem_not_a_crash(text: str, tag: str) -> None:
+    doc = load_text(text, "t.yaml")
+
+    assert [str(p) for p in doc.problems] == [
+        f"t.yaml:1:4: a: cannot read this value: not a valid {tag}"
+    ]
