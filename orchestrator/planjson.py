@@ -247,13 +247,15 @@ class _Writer:
                 yield head + self.text(value, depth + 1)
                 continue
             yield head + "["
+            text, inner, below = self.text, pads[depth + 2], depth + 2
+            streams = depth + 3 <= STREAM_DEPTH and self._streams(value[0], depth + 3)
             for m, element in enumerate(value):
-                lead = ("," if m else "") + pads[depth + 2]
-                if self._streams(element, depth + 3):
+                lead = "," + inner if m else inner
+                if streams and self._streams(element, depth + 3):
                     yield lead
-                    yield from self.chunks(element, depth + 2)
+                    yield from self.chunks(element, below)
                 else:
-                    yield lead + self.text(element, depth + 2)
+                    yield lead + text(element, below)
             yield pads[depth + 1] + "]"
         yield pads[depth] + "}"
 
