@@ -284,7 +284,9 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     options = Options(
         to_version=args.to_version, from_version=args.from_version, on_failure=args.on_failure
     )
-    with paused_gc():  # the plan's objects make no garbage cycles (pipeline.paused_gc)
+    # the plan's objects make no garbage cycles (pipeline.paused_gc); they are
+    # freed before the collector resumes, or its first pass walks them all
+    with paused_gc():
         plan = build(args.inventory, args.playbook, options)
         # written as it is made, a megabyte at a time: a 10,000-host plan is
         # 100 MB of JSON
@@ -292,6 +294,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         for chunk in gathered(chunks):
             out.write(chunk)
         out.write("\n" if args.json else estimate_line(plan) + "\n")
+        del plan, chunks
     return EXIT_OK
 
 
