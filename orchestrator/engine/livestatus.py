@@ -13,6 +13,10 @@ of `status_document(...)` with the API's `stalled` field added
 (tests/test_livestatus.py checks that after every event of random runs).
 One bytes object is kept per (journal seq, stall, health round, history):
 every reader of the same state is handed the same object.
+
+Only events reach it: a host view the engine makes by reading it (a batch
+about to start) counts from that host's next event on, as it would for a
+daemon that read the journal afresh.
 """
 
 from __future__ import annotations
