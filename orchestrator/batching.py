@@ -63,7 +63,10 @@ def cut_batches(
             wanted = max(1, resolve_size(size, total, round_up=True))
             taken: list[Member] = []
             counts: dict[str, int] = {}
-            while pos < len(queue) and len(taken) < wanted:
+            end = min(len(queue), pos + wanted)
+            if not limits:  # nothing to count: the batch is the next `wanted` hosts
+                taken, pos = queue[pos:end], end
+            while pos < end:
                 host = queue[pos]
                 if taken and any(
                     counts.get(r, 0) + 1 > limits[r] for r in host.roles if r in limits
