@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from orchestrator.api import keys
 from orchestrator.api.feed import Feed, Feeds
 from orchestrator.api.sse import format_event
+from orchestrator.errors import StoreError
 from orchestrator.store.base import Event
 from tests.sshhosts import MakeSSHHosts
 from tests.test_api import PLAYBOOK, Api, poll, read_events, release, running_api
@@ -94,6 +96,34 @@ async def test_a_feed_follows_the_journal_and_wakes_the_streams_waiting() -> Non
     # the last stream gone, the feed stops; the next stream starts a new one
     with feeds.reader("u", 2) as fresh:
         assert fresh is not feed and fresh.since(2) == (2, b"")
+    await feeds.close()
+
+
+class Flaky(Journal):
+    """A journal whose next reads fail, as a store that went away does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    async def events(
+        self, upgrade_id: str, after: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("journal read failed: database is locked")
+        return await super().events(upgrade_id, after, limit)
+
+
+async def test_a_feed_that_cannot_read_says_so_and_reads_again() -> None:
+    journal = Flaky()
+    journal.append(2)
+    journal.failures = 2
+    feeds = Feeds(journal, format_event, poll=0.01)
+    with capture_logs() as logs, feeds.reader("u", 0) as feed:
+        await poll(lambda: asyncio.sleep(0, feed.last), lambda last: last == 2)
+    assert [e["event"] for e in logs] == ["event feed cannot read"] * 2
+    assert "database is locked" in logs[0]["error"]
     await feeds.close()
 
 

@@ -47,7 +47,14 @@ class Feed:
     """The SSE messages of one upgrade's events after `after`, as the journal has them."""
 
     def __init__(
-        self, source: EventSource, upgrade_id: str, after: int, encode: Encode, keep: int = KEEP
+        self,
+        source: EventSource,
+        upgrade_id: str,
+        after: int,
+        encode: Encode,
+        *,
+        keep: int = KEEP,
+        poll: float = POLL,
     ) -> None:
         if keep < 1:
             raise ValueError(f"a feed keeps at least one message, not {keep}")
@@ -56,6 +63,7 @@ class Feed:
         self._source = source
         self._encode = encode
         self._keep = keep
+        self._poll = poll
         self._first = after + 1  # the seq of _messages[0]
         self._messages: list[bytes] = []
         self._grown = asyncio.Event()
@@ -120,22 +128,27 @@ class Feed:
             try:
                 found = await self._source.events(self.upgrade_id, after, limit=BATCH)
                 if not found:
-                    found = await self._source.wait_for(self.upgrade_id, after, timeout=POLL)
+                    found = await self._source.wait_for(self.upgrade_id, after, self._poll)
+                self.add(found)
             except OrchestratorError as exc:  # the store is down or closing: ask again
                 log.warning("event feed cannot read", upgrade=self.upgrade_id, error=str(exc))
-                await asyncio.sleep(POLL)
-                continue
-            self.add(found)
+                await asyncio.sleep(self._poll)
+            except Exception:  # a bug: said, and tried again rather than gone silent
+                log.exception("event feed failed", upgrade=self.upgrade_id)
+                await asyncio.sleep(self._poll)
 
 
 class Feeds:
     """The app's feeds, one per upgrade with streams open. `encode` turns an
     event into its SSE message (sse.format_event; tests count its calls)."""
 
-    def __init__(self, source: EventSource, encode: Encode, keep: int = KEEP) -> None:
+    def __init__(
+        self, source: EventSource, encode: Encode, *, keep: int = KEEP, poll: float = POLL
+    ) -> None:
         self.source = source
         self.encode = encode
         self.keep = keep
+        self.poll = poll
         self._feeds: dict[str, Feed] = {}
 
     def feed(self, upgrade_id: str) -> Feed | None:
@@ -152,7 +165,7 @@ class Feeds:
         feed = self._feeds.get(upgrade_id)
         if feed is None:
             feed = self._feeds[upgrade_id] = Feed(
-                self.source, upgrade_id, after, self.encode, self.keep
+                self.source, upgrade_id, after, self.encode, keep=self.keep, poll=self.poll
             )
             feed.start()
         feed.readers += 1
