@@ -60,7 +60,7 @@ class Procedures:
         # per phase, per host shape: its roles there, and its recipe if one role
         self._shapes: dict[int, dict[tuple[int, bool], tuple[tuple[str, ...], _Recipe | None]]]
         self._shapes = {}
-        # what _prefetch found for the hosts of the batch being built
+        # what _prefetch found, by host name and piece
         self._fetched: dict[str, dict[_Piece, Any]] = {}
 
     def context(self, name: str, role: str, phase: str) -> dict[str, Any]:
@@ -77,7 +77,7 @@ class Procedures:
         whether the phase drains, health-checks and verifies the version."""
         hosts, block_of = self._hosts, self._block
         shapes = self._shapes.setdefault(index, {})
-        self._fetched = self._prefetch(index, phase, names, duties)
+        self._prefetch(index, phase, names, duties)
         plans = []
         for name in names:
             host = hosts.get(name) or self._host(name)
@@ -116,13 +116,14 @@ class Procedures:
 
     def _prefetch(
         self, index: int, phase: Phase, names: Sequence[str], duties: tuple[bool, bool, bool]
-    ) -> dict[str, dict[_Piece, Any]]:
+    ) -> None:
         """Build at once, for the hosts without vars of each recipe, the pieces
         that read `host` and are not built yet (a drain for each host): one
-        Jinja render for all of them instead of one per host. A piece that
-        cannot be built so is left to `_value`, host by host. What each host
-        gets (built now or before), by host name and piece."""
-        fetched: dict[str, dict[_Piece, Any]] = {}
+        Jinja render for all of them instead of one per host. What each host
+        gets is kept by host and piece for every phase (`_fetched`: pieces of
+        the inventory's roles that do not read `phase` are the same in each).
+        A piece that cannot be built so is left to `_value`, host by host."""
+        fetched = self._fetched
         shapes = self._shapes.setdefault(index, {})
         groups: dict[int, tuple[_Recipe, list[_Host]]] = {}
         for name in names:
@@ -137,24 +138,23 @@ class Procedures:
         for recipe, members in groups.values():
             context = {**self.base, "role": recipe.role, "phase": recipe.phase}
             for piece in recipe.pieces:
-                if piece.many is None or piece.plain is None or piece.reads_no_host:
+                plain = piece.plain
+                if piece.many is None or plain is None or piece.reads_no_host or plain[2]:
                     continue
-                keys = [
-                    _plain_key(piece, piece.plain, h, recipe.role, recipe.phase) for h in members
-                ]
+                wanted = [h for h in members if piece not in fetched.get(h.name, ())]
+                keys = [_plain_key(piece, plain, h, recipe.role, recipe.phase) for h in wanted]
                 missing: dict[tuple[Any, ...], _Host] = {}
-                for key, host in zip(keys, members, strict=True):
+                for key, host in zip(keys, wanted, strict=True):
                     if key not in self._built:
                         missing.setdefault(key, host)
                 if len(missing) > 1:
                     built = piece.many(context, [host.namespace for host in missing.values()])
                     if built is not None:
                         self._built.update(zip(missing, built, strict=True))
-                for key, host in zip(keys, members, strict=True):
+                for key, host in zip(keys, wanted, strict=True):
                     value = self._built.get(key)
                     if value is not None:
                         fetched.setdefault(host.name, {})[piece] = value
-        return fetched
 
     def _shape(
         self, index: int, phase: Phase, host: _Host, duties: tuple[bool, bool, bool]
