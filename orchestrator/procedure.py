@@ -6,9 +6,13 @@ the nova playbook on 10,000 hosts), so each piece (`orchestrator.pieces`)
 is built once per distinct set of values its templates read
 (`templating.reads`): the upgrade step that reads only `to_version` is one
 object shared by every host, the drain that reads `host.name` one per host,
-shared by every phase that drains it. A piece whose rendering reported a
-problem is not kept, so every host that fails is rendered (and reported) as
-if nothing were kept.
+shared by every phase that drains it. For the hosts without vars of one
+role in one phase (a recipe), what reads nothing of `host` is kept on the
+recipe, and what reads `host` is rendered for all of them in one Jinja
+render (`_prefetch`). A piece whose rendering reported a problem is not
+kept, and anything that cannot be built many at a time is built host by
+host, so every host that fails is rendered (and reported) as if nothing
+were kept.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 from orchestrator import model, pieces
 from orchestrator.errors import TemplateError
@@ -27,7 +31,6 @@ from orchestrator.playbook import Step as StepSpec
 from orchestrator.source import PathKey
 from orchestrator.templating import Namespace, frozen, reads
 
-T = TypeVar("T")
 Policy = tuple[int, float, float]  # a role's health policy: passes, interval, deadline
 
 
