@@ -511,7 +511,13 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     if args.computes < 2:
         raise UsageError("--computes: the minicloud playbook needs at least 2 computes")
     summary = _run_async(
-        demo.run_demo(computes=args.computes, fail_host=args.fail_host, as_json=args.json, out=out)
+        demo.run_demo(
+            computes=args.computes,
+            fail_host=args.fail_host,
+            as_json=args.json,
+            out=out,
+            keep=demo.env_keep(),
+        )
     )
     return demo.exit_code(summary)
 

@@ -18,7 +18,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -116,6 +116,32 @@ def _cloud_facts(cloud_db: Path, cloud: Any) -> dict[str, Any]:
     }
 
 
+STOP_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[list[signal.Signals]]:
+    """SIGHUP (its terminal closed), SIGTERM or SIGINT cancel the demo, so that
+    the minicloud it started stops too: the cloud's services run in sessions
+    of their own, out of the terminal's reach. Yields the signals caught."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    caught: list[signal.Signals] = []
+
+    def stop(signum: signal.Signals) -> None:
+        caught.append(signum)
+        if task is not None:
+            task.cancel()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        yield caught
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
 async def run_demo(
     *,
     computes: int = 3,
@@ -125,7 +151,35 @@ async def run_demo(
     rate: float = 25.0,
     keep: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the demo and return its summary (also printed)."""
+    """Run the demo and return its summary (also printed). A stop signal ends
+    it early, the minicloud stopped, as a DemoError."""
+    with _stopped_by_signals() as caught:
+        try:
+            return await _demo(
+                computes=computes,
+                fail_host=fail_host,
+                as_json=as_json,
+                out=out,
+                rate=rate,
+                keep=keep,
+            )
+        except asyncio.CancelledError:
+            if not caught:
+                raise
+            raise DemoError(
+                f"stopped by {caught[0].name}; the minicloud it started is stopped"
+            ) from None
+
+
+async def _demo(
+    *,
+    computes: int,
+    fail_host: str | None,
+    as_json: bool,
+    out: TextIO,
+    rate: float,
+    keep: Path | None,
+) -> dict[str, Any]:
     counts = {"conductor": 2, "api": 2, "compute": computes}
     names = [f"{PREFIX[role]}-{i}" for role, n in counts.items() for i in range(1, n + 1)]
     if fail_host is not None and fail_host not in names:

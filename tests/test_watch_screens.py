@@ -82,12 +82,14 @@ def keep(name: str, screen: str) -> None:
         (Path(where) / f"{name}.txt").write_text(screen)
 
 
-def demo(*options: str) -> str:
+def demo(*options: str, keep: Path | None = None) -> str:
     state = tempfile.mkdtemp(prefix="screens-")
     env = (
         f"env -u ORCHESTRATOR_STATE_DIR ORCHESTRATOR_STATE_DIR={state} "
         "TERM=xterm-256color COLUMNS=150 LINES=60"
     )
+    if keep is not None:
+        env += f" ORCHESTRATOR_DEMO_DIR={keep}"
     return f"cd {REPO} && {env} {sys.executable} -m orchestrator demo {' '.join(options)}"
 
 
@@ -129,3 +131,34 @@ async def test_a_failed_host_stays_the_cause_on_screen(terminal: Terminal) -> No
     ), end
     # the rollback's own words are there too, but the cause is not lost to them
     assert screen.index("first failure") < screen.index("rolled back after")
+
+
+def processes_in(directory: Path) -> list[int]:
+    """Processes whose working directory is under `directory` (minicloud's
+    services each run in their host's directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cwd = (entry / "cwd").readlink()
+            except OSError:
+                continue
+            if cwd.is_relative_to(directory):
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.timeout(300)
+async def test_closing_the_terminal_stops_the_demo_and_its_cloud(
+    terminal: Terminal, tmp_path: Path
+) -> None:
+    """The terminal closes mid-upgrade (tmux gone: SIGHUP). The cloud's
+    services run in sessions of their own; they used to live on, 7 per demo."""
+    where = tmp_path / "demo"
+    terminal.start(demo(keep=where))
+    await terminal.until(re.compile(r"hosts at work:\n.*upgrade-\w+ \S+ \w+"))
+    assert processes_in(where / "cloud"), "the cloud's services should be running"
+    terminal.run("kill-server")
+    async with asyncio.timeout(120):
+        while processes_in(where / "cloud"):  # noqa: ASYNC110 - processes have no event
+            await asyncio.sleep(0.2)
