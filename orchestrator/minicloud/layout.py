@@ -142,8 +142,15 @@ def _ephemeral_range() -> tuple[int, int]:
     return low, high
 
 
+# the ports free_ports has handed out in this process: a port is free only
+# until whoever asked binds it, and another call in between (the next server
+# of the same cloud) must not pick it too
+_HANDED_OUT: set[int] = set()
+
+
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports, all held open until all are found.
+    """`count` distinct free loopback ports, all held open until all are found,
+    none handed out before by this process (until it has used most of them).
 
     Chosen outside the kernel's ephemeral range when there is room: a service
     keeps its port across restarts, and while it is down no `bind(0)` or
@@ -156,7 +163,10 @@ def free_ports(count: int) -> list[int]:
         candidates = range(high + 1, 65536)
     else:
         candidates = range(0)  # no room outside it: let the kernel choose
-    order = random.sample(candidates, len(candidates))
+    if len(candidates) - len(_HANDED_OUT) < max(1000, count):
+        _HANDED_OUT.clear()  # most are taken: the oldest have long been bound
+    fresh = [port for port in candidates if port not in _HANDED_OUT]
+    order = random.sample(fresh, len(fresh))
     with contextlib.ExitStack() as stack:
         ports: list[int] = []
         for port in [*order, *[0] * count]:
@@ -168,6 +178,7 @@ def free_ports(count: int) -> list[int]:
             except OSError:
                 continue
             ports.append(sock.getsockname()[1])
+        _HANDED_OUT.update(ports)
         return ports
 
 

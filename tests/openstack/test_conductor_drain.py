@@ -41,18 +41,36 @@ class HeldServer:
         self.requests = 0
         self.arrived = asyncio.Event()
         self.answer = asyncio.Event()
+        self.handlers: set[asyncio.Task[None]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while await reader.readuntil(b"\r\n\r\n"):
-                self.requests += 1
-                self.arrived.set()
-                await self.answer.wait()
-                body = b"x" * 200_000  # more than one segment: the caller ACKs as it reads
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
-                writer.write(body)
-                await writer.drain()
-        writer.close()
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        try:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while await reader.readuntil(b"\r\n\r\n"):
+                    self.requests += 1
+                    self.arrived.set()
+                    await self.answer.wait()
+                    body = b"x" * 200_000  # more than one segment: the caller ACKs as it reads
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+                    writer.write(body)
+                    await writer.drain()
+        finally:
+            writer.close()  # also when cancelled: no writer is left to a closed loop
+
+    async def close(self) -> None:
+        """Every connection's handler done before the loop closes."""
+        for task in self.handlers:
+            task.cancel()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
+
+
+async def closed(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
 
 
 async def call(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
@@ -75,6 +93,7 @@ async def held(programs: Programs) -> AsyncIterator[tuple[HeldServer, int]]:
         shell(rendered(CONDUCTOR_DRAIN["undo"], port))
         listening.close()
         await listening.wait_closed()
+        await server.close()
 
 
 async def test_a_call_running_when_the_drain_starts_gets_its_whole_answer(
@@ -87,7 +106,7 @@ async def test_a_call_running_when_the_drain_starts_gets_its_whole_answer(
     shell(rendered(CONDUCTOR_DRAIN["run"], port))
     server.answer.set()
     assert await running == 200_000
-    writer.close()
+    await closed(writer)
 
 
 async def test_a_drained_conductor_gets_no_new_call(held: tuple[HeldServer, int]) -> None:
@@ -100,7 +119,7 @@ async def test_a_drained_conductor_gets_no_new_call(held: tuple[HeldServer, int]
     # a new request on the idle connection: reset before the server reads it
     with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
         await call(reader, writer)
-    writer.close()
+    await closed(writer)
     # a new connection: refused
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection(ADDRESS, port)
@@ -108,5 +127,5 @@ async def test_a_drained_conductor_gets_no_new_call(held: tuple[HeldServer, int]
     shell(rendered(CONDUCTOR_DRAIN["undo"], port))
     reader, writer = await asyncio.open_connection(ADDRESS, port)
     assert await call(reader, writer) == 200_000  # undone: calls reach it again
-    writer.close()
+    await closed(writer)
     assert server.requests == 2
