@@ -34,6 +34,7 @@ from orchestrator.api.app import AccessLogger, make_app
 from orchestrator.api.endpoint import ADDRESS_FILE, DEFAULT_LISTEN, JOURNAL_FILE, TOKEN_FILE
 from orchestrator.api.limits import Guard
 from orchestrator.api.metrics import Metrics
+from orchestrator.collector import Collector
 from orchestrator.daemonconfig import load_config
 from orchestrator.engine.manager import RemoteFactory, UpgradeManager
 from orchestrator.errors import UsageError
@@ -271,6 +272,9 @@ async def _run(
         # (~100 ms each at 2,000 hosts); garbage collected first, not kept
         gc.collect()
         gc.freeze()
+        # and full passes later at most every 30 s (see orchestrator.collector)
+        collector = Collector()
+        collector.start()
         sdnotify.notify(f"READY=1\nSTATUS=listening on {url}")
         pinging = asyncio.create_task(sdnotify.watchdog(), name="watchdog")
         try:
@@ -278,6 +282,7 @@ async def _run(
         finally:
             pinging.cancel()
             await asyncio.gather(pinging, return_exceptions=True)
+            await collector.stop()
     finally:
         if peer is not None:
             await peer.stop()
