@@ -35,21 +35,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import json
 import math
 import pstats
 import resource
 import statistics
-import sys
 import tempfile
 import time
-from asyncio.subprocess import Process
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
+import yaml
 
 from bench.figures import figure
 from orchestrator import logs
@@ -64,27 +62,7 @@ from orchestrator.secrets import SecretStore
 from orchestrator.store.journal import Event, Journal
 from orchestrator.transport.dial import CIPHER_PREFERENCE, KEX_PREFERENCE
 from orchestrator.transport.ssh import CommandResult, SSHPool
-
-REPO = Path(__file__).resolve().parent.parent
-
-SERVER = """
-import asyncio, json, sys
-from pathlib import Path
-from tests.sshhosts import SSHHosts
-
-async def main() -> None:
-    first, count = int(sys.argv[2]), int(sys.argv[3])
-    names = [f"host-{i}" for i in range(first, first + count)]
-    hosts = SSHHosts(Path(sys.argv[1]), names, builtin_sleep=True)
-    await hosts.start()
-    t = hosts.target(hosts.names[0])
-    print(json.dumps({"user": t.user, "key": t.key, "known_hosts": t.known_hosts,
-                      "ports": {n: hosts.port(n) for n in hosts.names}}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    await hosts.close()
-
-asyncio.run(main())
-"""
+from tests.farm import Farm, ssh_farm
 
 
 class NoSSH(SSHPool):
@@ -121,17 +99,12 @@ def playbook(steps: int, sleep: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def inventory(servers: list[dict[str, object]]) -> str:
-    lines = [f"ssh: {{user: {servers[0]['user']}}}", "vars: {from_version: '1.0'}", "hosts:"]
-    for info in servers:
-        ports = info["ports"]
-        assert isinstance(ports, dict)
-        lines += [
-            f"  {name}: {{address: 127.0.0.1, roles: [app], ssh: {{port: {port}, "
-            f"key: {info['key']}, known_hosts: {info['known_hosts']}}}}}"
-            for name, port in ports.items()
-        ]
-    return "\n".join(lines) + "\n"
+def inventory(farms: Sequence[Farm]) -> str:
+    hosts: dict[str, object] = {}
+    for farm in farms:
+        hosts.update(farm.inventory_hosts())
+    data = {"ssh": {"user": farms[0].user}, "vars": {"from_version": "1.0"}, "hosts": hosts}
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,34 +150,18 @@ async def bare_loop(plan: Plan, steps: int, sleep: float) -> Timing:
     return Timing(time.perf_counter() - started, time.process_time() - cpu, tuple(beyond))
 
 
-async def start_servers(args: argparse.Namespace, tmp: Path) -> tuple[list[Process], Plan]:
+async def start_servers(args: argparse.Namespace, tmp: Path, stack: AsyncExitStack) -> Plan:
+    """The simulated hosts, spread over `--server-processes` processes, and the plan."""
     share = math.ceil(args.hosts / args.server_processes)
-    servers, infos = [], []
-    for first in range(1, args.hosts + 1, share):
-        server = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            SERVER,
-            str(tmp / f"hosts-{first}"),
-            str(first),
-            str(min(share, args.hosts - first + 1)),
-            cwd=REPO,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
+    farms = [
+        await stack.enter_async_context(
+            ssh_farm(tmp / f"hosts-{first}", min(share, args.hosts - first + 1), first=first)
         )
-        assert server.stdout is not None
-        servers.append(server)
-        infos.append(json.loads(await server.stdout.readline()))
-    inv, inv_doc = parse_inventory_text(inventory(infos), "bench-inventory.yaml")
+        for first in range(1, args.hosts + 1, share)
+    ]
+    inv, inv_doc = parse_inventory_text(inventory(farms), "bench-inventory.yaml")
     pb, pb_doc = parse_playbook_text(playbook(args.steps, args.sleep), "bench-playbook.yaml")
-    return servers, compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"))
-
-
-async def stop_servers(servers: Sequence[Process]) -> None:
-    for server in servers:
-        assert server.stdin is not None
-        server.stdin.close()
-        await server.wait()
+    return compile_plan(inv, inv_doc, pb, pb_doc, Options(to_version="2.0"))
 
 
 @dataclass(slots=True)
@@ -322,18 +279,18 @@ async def main() -> None:
     bare: list[Timing] = []
     runs: list[Upgrade] = []
     with tempfile.TemporaryDirectory() as tmp:
-        servers, plan = await start_servers(args, Path(tmp))
-        journal = await Journal.open(Path(tmp) / "journal.db")
-        try:
-            for index in range(args.rounds):
+        async with AsyncExitStack() as stack:
+            plan = await start_servers(args, Path(tmp), stack)
+            journal = await Journal.open(Path(tmp) / "journal.db")
+            try:
+                for index in range(args.rounds):
+                    if not args.no_ssh:
+                        bare.append(await bare_loop(plan, args.steps, args.sleep))
+                    runs.append(await upgrade(args, plan, journal, profile if index == 0 else None))
                 if not args.no_ssh:
                     bare.append(await bare_loop(plan, args.steps, args.sleep))
-                runs.append(await upgrade(args, plan, journal, profile if index == 0 else None))
-            if not args.no_ssh:
-                bare.append(await bare_loop(plan, args.steps, args.sleep))
-        finally:
-            await journal.close()
-            await stop_servers(servers)
+            finally:
+                await journal.close()
     server_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     report(args, plan, runs, bare)
     print(f"SSH servers CPU       {server_cpu.ru_utime + server_cpu.ru_stime:.2f} s (whole run)")

@@ -31,35 +31,17 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 
 from bench.figures import figure
 from orchestrator.minicloud.loadgen import percentile
-
-REPO = Path(__file__).resolve().parent.parent
-
-SERVER = """
-import asyncio, json, sys
-from pathlib import Path
-from tests.sshhosts import SSHHosts
-
-async def main() -> None:
-    hosts = SSHHosts(Path(sys.argv[1]), int(sys.argv[2]), builtin_sleep=True)
-    await hosts.start()
-    t = hosts.target(hosts.names[0])
-    print(json.dumps({"user": t.user, "key": t.key, "known_hosts": t.known_hosts,
-                      "ports": {n: hosts.port(n) for n in hosts.names}}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    await hosts.close()
-
-asyncio.run(main())
-"""
+from tests.farm import Farm, daemon, ssh_farm
 
 
 def playbook(steps: int, sleep: float) -> str:
@@ -77,80 +59,30 @@ def playbook(steps: int, sleep: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def inventory(info: dict[str, Any]) -> str:
-    hosts = "\n".join(
-        f"  {name}: {{address: 127.0.0.1, roles: [app], ssh: {{port: {port}}}}}"
-        for name, port in info["ports"].items()
-    )
-    return (
-        "name: latency-bench\n"
-        f"ssh: {{user: {info['user']}, key: {info['key']}, known_hosts: {info['known_hosts']}}}\n"
-        "vars: {from_version: '1.0'}\n"
-        f"hosts:\n{hosts}\n"
-    )
-
-
-async def start_daemon(state: Path, log: Path) -> tuple[asyncio.subprocess.Process, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    with log.open("wb") as out:
-        daemon = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            str(state),
-            "--log-level",
-            "warning",
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
-    async with asyncio.timeout(30):
-        while (address := _listening(state)) is None:
-            if daemon.returncode is not None:
-                raise SystemExit(f"the daemon exited; see {log}")
-            await asyncio.sleep(0.05)
-    return daemon, address[0], address[1]
-
-
-def _listening(state: Path) -> tuple[str, str] | None:
-    """(url, token) once the daemon has written where it listens."""
-    try:
-        url = json.loads((state / "daemon.json").read_text())["url"]
-    except (OSError, ValueError):
-        return None
-    return str(url), (state / "token").read_text().strip()
+def inventory(farm: Farm) -> str:
+    data = {
+        "name": "latency-bench",
+        "ssh": {"user": farm.user},
+        "vars": {"from_version": "1.0"},
+        "hosts": farm.inventory_hosts(),
+    }
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    server = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        SERVER,
-        str(tmp / "hosts"),
-        str(args.hosts),
-        cwd=REPO,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        # in a cloud the hosts are other machines: here they yield the cores
-        preexec_fn=lambda: os.nice(args.hosts_nice),
-    )
-    assert server.stdout is not None and server.stdin is not None
-    info = json.loads(await server.stdout.readline())
-    daemon, url, token = await start_daemon(tmp / "state", tmp / "daemon.log")
     samples: list[float] = []
     sizes: list[int] = []
     by_state: dict[str, list[float]] = {}
     idle: list[float] = []
-    try:
-        headers = {"Authorization": f"Bearer {token}"}
-        async with aiohttp.ClientSession(url, headers=headers) as session:
+    # in a cloud the hosts are other machines: here they yield the cores
+    async with (
+        ssh_farm(tmp / "hosts", args.hosts, nice=args.hosts_nice) as farm,
+        daemon(tmp / "state") as running,
+    ):
+        headers = {"Authorization": f"Bearer {running.endpoint.token}"}
+        async with aiohttp.ClientSession(running.endpoint.url, headers=headers) as session:
             body = {
-                "inventory": inventory(info),
+                "inventory": inventory(farm),
                 "playbook": playbook(args.steps, args.sleep),
                 "to_version": "2.0",
             }
@@ -176,11 +108,6 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 async with session.get(path) as resp:
                     await resp.read()
                 idle.append(time.perf_counter() - t0)
-    finally:
-        daemon.terminate()
-        await daemon.wait()
-        server.stdin.close()
-        await server.wait()
     result: dict[str, Any] = {
         "hosts": args.hosts,
         # the machine's load while it ran: other work on the same cores shows here

@@ -18,7 +18,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -46,8 +46,19 @@ class Daemon:
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(state_dir: Path) -> AsyncIterator[Daemon]:
-    """`orchestrator serve` as a child process on a free loopback port."""
+async def running_daemon(
+    state_dir: Path,
+    *,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+    start_deadline: float = DAEMON_START_DEADLINE,
+) -> AsyncIterator[Daemon]:
+    """`orchestrator serve` as a child process on a free loopback port.
+
+    `args`: more `serve` options; `env`: the child's environment (this
+    process's by default); `preexec_fn`: run in the child before it starts
+    (benches and tests set resource limits with it)."""
     state_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start
     log_path = state_dir / "daemon.log"
     with log_path.open("wb") as log:
@@ -60,13 +71,16 @@ async def running_daemon(state_dir: Path) -> AsyncIterator[Daemon]:
             "127.0.0.1:0",
             "--state-dir",
             str(state_dir),
+            *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=log,
+            env=None if env is None else dict(env),
+            preexec_fn=preexec_fn,
         )
     try:
         address = state_dir / ADDRESS_FILE
-        deadline = time.monotonic() + DAEMON_START_DEADLINE
+        deadline = time.monotonic() + start_deadline
         while not address.exists():
             if process.returncode is not None or time.monotonic() > deadline:
                 tail = log_path.read_text(errors="replace")[-2000:]
