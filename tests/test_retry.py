@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 from structlog.testing import capture_logs
-from tenacity import RetryCallState, RetryError
+from tenacity import AsyncRetrying, RetryCallState, RetryError
 
 from orchestrator.errors import HostKeyError, StepFailed, TransportError
 from orchestrator.retry import (
     CONNECT_ATTEMPTS,
     CONNECT_DEADLINE,
     connect_policy,
+    first_then,
     is_transient_transport_fault,
 )
 
@@ -108,3 +109,50 @@ async def test_each_retry_is_logged() -> None:
     assert [entry["attempt"] for entry in retries] == [1, 2]
     assert all("connection reset" in entry["error"] for entry in retries)
     assert all(entry["log_level"] == "warning" for entry in retries)
+
+
+# --- first_then: the first attempt without the policy's machinery --------------
+
+
+class Policies:
+    """A policy factory that counts how many policies were built."""
+
+    def __init__(self, sleeps: Sleeps) -> None:
+        self.sleeps, self.built = sleeps, 0
+
+    def __call__(self) -> AsyncRetrying:
+        self.built += 1
+        return connect_policy(self.sleeps)
+
+
+async def test_a_first_attempt_that_succeeds_builds_no_policy() -> None:
+    policies = Policies(Sleeps())
+    flaky = Flaky(0, TransportError("h1", "reset"))
+    assert await first_then(flaky, is_transient_transport_fault, policies) == 1
+    assert policies.built == 0
+
+
+async def test_a_failure_the_policy_would_not_retry_is_raised_as_it_is() -> None:
+    policies = Policies(Sleeps())
+    flaky = Flaky(1, HostKeyError("h1", "key changed"))
+    with pytest.raises(HostKeyError, match="key changed"):
+        await first_then(flaky, is_transient_transport_fault, policies)
+    assert (flaky.calls, policies.built) == (1, 0)
+
+
+async def test_the_first_failure_counts_as_the_policys_first_attempt() -> None:
+    sleeps = Sleeps()
+    flaky = Flaky(100, TransportError("h1", "connection refused"))
+    with pytest.raises(RetryError) as caught:
+        await first_then(flaky, is_transient_transport_fault, Policies(sleeps))
+    # five attempts in all, as under the policy alone, and four waits between them
+    assert flaky.calls == CONNECT_ATTEMPTS == caught.value.last_attempt.attempt_number
+    assert len(sleeps.delays) == CONNECT_ATTEMPTS - 1
+
+
+async def test_a_retried_call_returns_what_its_later_attempt_returns() -> None:
+    sleeps = Sleeps()
+    flaky = Flaky(2, TransportError("h1", "connection refused"))
+    policies = Policies(sleeps)
+    assert await first_then(flaky, is_transient_transport_fault, policies) == 3
+    assert (policies.built, len(sleeps.delays)) == (1, 2)

@@ -23,7 +23,7 @@ from tenacity import RetryError
 
 from orchestrator.errors import HostKeyError, PermanentTransportError, TransportError
 from orchestrator.model import HostTarget
-from orchestrator.retry import Sleep, connect_policy
+from orchestrator.retry import Sleep, connect_policy, first_then, is_transient_transport_fault
 from orchestrator.transport.follow import describe
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -78,8 +78,10 @@ class Dialer:
         where = f"{target.address}:{target.port}"
         options = self.options(target, where)
         try:
-            conn: asyncssh.SSHClientConnection = await connect_policy(backoff)(
-                self._attempt, target, where, options
+            conn = await first_then(
+                lambda: self._attempt(target, where, options),
+                is_transient_transport_fault,
+                lambda: connect_policy(backoff),
             )
         except PermanentTransportError as exc:
             raise exc.error from None

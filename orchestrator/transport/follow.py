@@ -20,7 +20,7 @@ import structlog
 
 from orchestrator.errors import TransportError
 from orchestrator.model import HostTarget
-from orchestrator.retry import Sleep, reattach_policy
+from orchestrator.retry import Sleep, first_then, lost_a_running_command, reattach_policy
 from orchestrator.transport import supervise
 from orchestrator.transport.supervise import Ending
 
@@ -80,9 +80,11 @@ class Follower:
     async def follow(self, target: HostTarget, run: Run) -> tuple[Ending, str]:
         """Start or follow the run until its supervisor reports the end, reconnecting."""
         try:
-            async for attempt in reattach_policy(self._sleep):
-                with attempt:
-                    return await self._attach(target, run)
+            return await first_then(
+                lambda: self._attach(target, run),
+                lost_a_running_command,
+                lambda: reattach_policy(self._sleep),
+            )
         except TransportError as exc:
             if not run.sent or exc.may_still_run:
                 raise
@@ -92,7 +94,6 @@ class Follower:
                 "it may still be running on the host",
                 may_still_run=True,
             ) from None
-        raise AssertionError("reattach_policy neither returned nor raised")  # pragma: no cover
 
     async def _attach(self, target: HostTarget, run: Run) -> tuple[Ending, str]:
         """One exec of the wrapper: it starts the command, or finds its record."""
