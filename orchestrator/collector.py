@@ -12,9 +12,14 @@ generation. Every request that arrived meanwhile waited.
 `Collector` leaves the young passes alone and takes the full ones over: one
 runs when CPython would have started one (its count of young passes since the
 last full one has passed the threshold) and at least `min_interval` seconds
-after the last, so the loop stops for one at most every `min_interval`. The
-garbage that waits meanwhile is bounded by what the daemon makes in that time
-(a few megabytes at 2,000 hosts). `stop` gives CPython its own schedule back.
+after the last, so the loop stops for one at most every `min_interval`. That
+trades many stops for fewer, longer ones: at 2,000 hosts the pass after 30 s of
+waiting took up to 767 ms in one run, against 170 to 300 ms each every 3 to 4 s
+before.
+
+`start` first collects, then freezes what is alive by then (modules, resumed
+upgrades): that lives as long as the daemon, and no pass walks it again.
+`stop` unfreezes it and gives CPython its own schedule back.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ class GarbageCollector(Protocol):
 
     def collect(self, generation: int = ...) -> int: ...
 
+    def freeze(self) -> None: ...
+
+    def unfreeze(self) -> None: ...
+
 
 class Collector:
     """Full collections at most every `min_interval` seconds, while started."""
@@ -65,6 +74,7 @@ class Collector:
         self.full_passes = 0
         self._gc = collector
         self._saved: tuple[int, int, int] | None = None
+        self._frozen = False
         self._task: asyncio.Task[None] | None = None
         self._last = 0.0
 
@@ -72,11 +82,19 @@ class Collector:
     def running(self) -> bool:
         return self._task is not None
 
-    def start(self) -> None:
-        """Take the full passes over; from inside the running loop."""
+    def start(self, *, freeze: bool = True) -> None:
+        """Take the full passes over; from inside the running loop.
+
+        With `freeze`, what is alive now is collected first, then kept out of
+        every later pass.
+        """
         if self._task is not None:
             raise RuntimeError("the collector schedule is already started")
         loop = asyncio.get_running_loop()
+        if freeze:
+            self._gc.collect(2)
+            self._gc.freeze()
+            self._frozen = True
         self._saved = self._gc.get_threshold()
         young, middle, _ = self._saved
         self._gc.set_threshold(young, middle, NEVER)
@@ -93,6 +111,9 @@ class Collector:
         if self._saved is not None:
             self._gc.set_threshold(*self._saved)
             self._saved = None
+        if self._frozen:
+            self._gc.unfreeze()
+            self._frozen = False
 
     def due(self, now: float) -> bool:
         """Would CPython collect in full by now, and has `min_interval` gone by?"""
@@ -103,9 +124,8 @@ class Collector:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.check_every)
-            now = loop.time()
-            if self.due(now):
-                started = loop.time()
+            started = loop.time()
+            if self.due(started):
                 freed = self._gc.collect(2)
                 self._last = loop.time()
                 self.full_passes += 1

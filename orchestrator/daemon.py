@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import ipaddress
 import json
 import os
@@ -267,12 +266,8 @@ async def _run(
         )
         if peer is not None:
             peer.start()  # a standby until it takes the lease
-        # what is loaded by now (modules, resumed upgrades) lives as long as the
-        # daemon: out of the collector's full passes, which stop the event loop
-        # (~100 ms each at 2,000 hosts); garbage collected first, not kept
-        gc.collect()
-        gc.freeze()
-        # and full passes later at most every 30 s (see orchestrator.collector)
+        # what is loaded by now is frozen out of the full passes, and they run
+        # at most every 30 s (see orchestrator.collector)
         collector = Collector()
         collector.start()
         sdnotify.notify(f"READY=1\nSTATUS=listening on {url}")

@@ -17,6 +17,7 @@ class FakeGC:
         self.threshold = (700, 10, 10)
         self.count = (0, 0, 0)
         self.collected: list[int] = []
+        self.frozen = False
 
     def get_threshold(self) -> tuple[int, int, int]:
         return self.threshold
@@ -31,6 +32,13 @@ class FakeGC:
         self.collected.append(generation)
         self.count = (0, 0, 0)
         return 0
+
+    def freeze(self) -> None:
+        assert not self.frozen
+        self.frozen = True
+
+    def unfreeze(self) -> None:
+        self.frozen = False
 
 
 async def wait_until(condition: object) -> None:
@@ -57,7 +65,7 @@ async def test_start_stops_cpython_starting_full_passes_and_stop_gives_them_back
 async def test_a_full_pass_waits_for_the_interval_and_for_cpython_wanting_one() -> None:
     fake = FakeGC()
     collector = Collector(min_interval=3600, check_every=0.001, collector=fake)
-    collector.start()
+    collector.start(freeze=False)
     try:
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -74,7 +82,7 @@ async def test_a_full_pass_waits_for_the_interval_and_for_cpython_wanting_one() 
 async def test_due_passes_run_one_at_a_time_and_reset_the_interval() -> None:
     fake = FakeGC()
     collector = Collector(min_interval=0.001, check_every=0.001, collector=fake)
-    collector.start()
+    collector.start(freeze=False)
     try:
         fake.count = (0, 0, 11)
         await wait_until(lambda: fake.collected == [2])
@@ -86,13 +94,26 @@ async def test_due_passes_run_one_at_a_time_and_reset_the_interval() -> None:
         await collector.stop()
 
 
-async def test_the_real_collector_gets_its_thresholds_back() -> None:
+async def test_start_collects_then_freezes_what_is_alive_and_stop_unfreezes() -> None:
+    fake = FakeGC()
+    collector = Collector(collector=fake)
+    collector.start()
+    assert fake.collected == [2]  # garbage collected first, not kept
+    assert fake.frozen
+    await collector.stop()
+    assert not fake.frozen
+
+
+async def test_the_real_collector_gets_its_thresholds_back_and_unfreezes() -> None:
     before = gc.get_threshold()
+    assert gc.get_freeze_count() == 0
     collector = Collector()
     collector.start()
     assert gc.get_threshold()[2] == NEVER
+    assert gc.get_freeze_count() > 0
     await collector.stop()
     assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
 
 
 def test_intervals_must_be_positive() -> None:
