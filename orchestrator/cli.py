@@ -27,6 +27,8 @@ from orchestrator.errors import InputError, OrchestratorError, Problem, UsageErr
 # `--version` and `completion` import nothing heavier than argparse, and a
 # client command never loads the compiler or the server (bench/cli_start.py).
 if TYPE_CHECKING:
+    import asyncio
+
     from orchestrator import model
     from orchestrator.client import Client
     from orchestrator.plan import Options
@@ -325,6 +327,7 @@ def estimate_line(plan: model.Plan) -> str:
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     # the server side (engine, SSH, HTTP app) loads only for `serve`: the client
     # commands stay quick to start
+    from orchestrator import eventloop  # noqa: PLC0415 - see above
     from orchestrator.daemon import ServeConfig, serve  # noqa: PLC0415 - see above
     from orchestrator.logs import configure  # noqa: PLC0415
     from orchestrator.store.role import LeaseSettings  # noqa: PLC0415 - see above
@@ -344,13 +347,17 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         advertise=args.advertise,
         ssh_max_connections=args.ssh_max_connections,
     )
-    return _run_async(serve(config))
+    return _run_async(serve(config), loop_factory=eventloop.new_loop)
 
 
-def _run_async(main: Coroutine[Any, Any, T]) -> T:
+def _run_async(
+    main: Coroutine[Any, Any, T],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> T:
     import asyncio  # noqa: PLC0415 - see the imports
 
-    return asyncio.run(main)
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main)
 
 
 def _env_path(name: str) -> Path | None:

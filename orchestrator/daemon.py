@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
-from orchestrator import model, sdnotify, statedir
+from orchestrator import eventloop, model, sdnotify, statedir
 from orchestrator.api import keys
 from orchestrator.api.app import AccessLogger, make_app
 from orchestrator.api.endpoint import ADDRESS_FILE, DEFAULT_LISTEN, JOURNAL_FILE, TOKEN_FILE
@@ -252,6 +252,7 @@ async def _run(
         server = await asyncio.get_running_loop().create_server(
             guard.wrap(runner.server), sock=sock, ssl=context, backlog=BACKLOG
         )
+        eventloop.prefer_fd(sock.fileno())  # new API connections first too
         url = _url(sock.getsockname(), context is not None)
         _write_address(config.state_dir, url)
         if not is_loopback(host) and context is None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator import eventloop
 from orchestrator.errors import TooManyError
 
 log = structlog.get_logger("orchestrator.api")
@@ -67,6 +68,7 @@ class _Guarded(asyncio.Protocol):
             return
         self.guard.open += 1
         self.counted = True
+        eventloop.prefer(transport)  # an operator's request before the hosts' traffic
         self.inner.connection_made(transport)
         self._start("head", self.guard.header_timeout)
 
@@ -118,6 +120,8 @@ class _Guarded(asyncio.Protocol):
         if self.counted:
             self.guard.open -= 1
             self.counted = False
+            if self.transport is not None:
+                eventloop.unprefer(self.transport)
             self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
