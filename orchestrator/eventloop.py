@@ -1,40 +1,61 @@
-"""The daemon's event loop: its API's sockets first, the rest a few at a time.
+"""The daemon's event loop: its API's work first, the rest a slice at a time.
 
 asyncio runs, in each turn of its loop, the callback of every socket the
-selector found ready, and then everything those callbacks made ready. When a
-batch of 200 hosts finishes a step at once, their 200 SSH connections are
-ready together, and one turn ran 55 to 93 ms (100 to 480 callbacks at 0.2 to
-0.5 ms each, measured at 2,000 hosts on two cores). A GET of the status
-document that arrived meanwhile waited behind two or three such turns.
+selector found ready and every callback scheduled before the turn began, in
+the order they came. When a batch of 200 hosts finishes a step at once, 200
+SSH connections are ready together; when the journal commits a batch's
+events, 200 host tasks wake together; when a batch starts or ends, 200 tasks
+start or 200 connections close. One turn then ran 55 to 160 ms (300 to 600
+callbacks at 0.2 to 0.5 ms each, measured at 2,000 hosts on two cores), and a
+GET of the status document that arrived meanwhile waited behind two or three
+such turns, and behind every callback queued before its own.
 
-`UrgentFirstSelector` answers each turn with every ready socket marked urgent
-(the API's listening socket and its connections, `prefer`) and at most
-`batch` of the others. The rest stay ready in the kernel and come in later
-turns, in the order the kernel queued them (level-triggered epoll puts a
-socket it reported back at the end of its ready list, so none starves). A
-turn is then about `batch` callbacks and what they make ready, and a request
-waits for a few short turns instead of a few long ones. The hosts' work is
-the same work, done in more turns; it is not slowed.
+This loop keeps two queues of ready callbacks. Urgent work is whatever runs in
+a context where `URGENT` is set: the callbacks of the sockets marked with
+`prefer` (the API's listening socket and its connections), and every task and
+callback they start, since asyncio copies the context into each. A turn runs
+every urgent callback, those scheduled during the turn included, and at most
+`turn` of the others; the rest wait in order for the next turns. Each turn
+also asks the selector (`UrgentFirstSelector`) for every ready urgent socket
+and at most `batch` others; the rest stay ready in the kernel and come in
+later turns, in the order the kernel queued them (level-triggered epoll puts a
+socket it reported back at the end of its ready list, so none starves).
+
+A request then waits for the end of one short turn and is answered within the
+next, whatever the hosts queued before it. The hosts' work is the same work
+in the same order, done in more turns; it is not slowed. Work an API request
+starts that is not the request's own (an upgrade's engine) is started with
+`background`, outside the urgent context.
 
 Urgent sockets sit in their own epoll set, whose descriptor is one member of
 the main set, so that a turn with nothing to do still sleeps in one call.
-Only Linux has epoll: elsewhere `new_loop` gives asyncio's own loop.
+Only Linux has epoll: elsewhere `new_loop` gives asyncio's own loop. The loop
+relies on how asyncio's `_run_once` uses its ready queue (`len` once a turn,
+then `popleft` that many times; `append`, `clear`); tests/test_eventloop.py
+checks that on the Python it runs on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import contextvars
 import math
 import select
 import selectors
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
 BATCH = 16  # sockets other than the urgent ones handled in one turn, at most
+TURN = 32  # callbacks other than the urgent ones run in one turn, at most
+
+# set in the context of the API's work: its callbacks and tasks run first
+URGENT: contextvars.ContextVar[bool] = contextvars.ContextVar("urgent", default=False)
+T = TypeVar("T")
 
 _READ = select.EPOLLIN if hasattr(select, "epoll") else 0
 _WRITE = select.EPOLLOUT if hasattr(select, "epoll") else 0
@@ -85,6 +106,7 @@ class UrgentFirstSelector(selectors.BaseSelector):
         self._keys: dict[int, selectors.SelectorKey] = {}
         self._preferred: set[int] = set()  # urgent once registered
         self._urgent: set[int] = set()  # registered in the urgent set now
+        self.last_urgent = 0  # how many of the last `select`'s answer are urgent
         self._main = select.epoll()
         self._urgent_set = select.epoll()
         self._main.register(self._urgent_set.fileno(), _READ)
@@ -185,6 +207,7 @@ class UrgentFirstSelector(selectors.BaseSelector):
             elif len(others) < self.batch:
                 others.append((fd, flags))
         ready = []
+        self.last_urgent = 0
         for fd, flags in urgent + others:
             key = self._keys.get(fd)
             if key is None:
@@ -196,6 +219,8 @@ class UrgentFirstSelector(selectors.BaseSelector):
                 events |= selectors.EVENT_READ
             if events & key.events:
                 ready.append((key, events & key.events))
+                if fd in self._urgent:
+                    self.last_urgent += 1
         return ready
 
     def close(self) -> None:
@@ -209,12 +234,77 @@ class UrgentFirstSelector(selectors.BaseSelector):
         return _Keys(self._keys)
 
 
-class UrgentFirstLoop(asyncio.SelectorEventLoop):
-    """asyncio's loop over an `UrgentFirstSelector`."""
+class ReadyQueue(collections.deque[asyncio.Handle]):
+    """asyncio's queue of ready callbacks, urgent ones first.
 
-    def __init__(self, batch: int = BATCH) -> None:
+    The loop takes `len` once a turn as the number of callbacks to run in it,
+    then calls `popleft` that many times: `len` counts every urgent callback
+    and at most `turn` others, and `popleft` gives the urgent ones first,
+    those that came during the turn too. `waiting` is the true count.
+    """
+
+    def __init__(self, turn: int = TURN) -> None:
+        if turn < 1:
+            raise ValueError("turn must be at least 1")
+        super().__init__()
+        self.turn = turn
+        self.urgent: collections.deque[asyncio.Handle] = collections.deque()
+
+    def append(self, handle: asyncio.Handle) -> None:
+        if _context(handle).get(URGENT, False):
+            self.urgent.append(handle)
+        else:
+            super().append(handle)
+
+    def popleft(self) -> asyncio.Handle:
+        if self.urgent:
+            return self.urgent.popleft()
+        return super().popleft()
+
+    def __len__(self) -> int:
+        return len(self.urgent) + min(super().__len__(), self.turn)
+
+    def __bool__(self) -> bool:
+        return bool(self.urgent) or super().__len__() > 0
+
+    def clear(self) -> None:
+        self.urgent.clear()
+        super().clear()
+
+    @property
+    def waiting(self) -> int:
+        """Every callback waiting to run, urgent or not."""
+        return len(self.urgent) + super().__len__()
+
+
+def _context(handle: asyncio.Handle) -> contextvars.Context:
+    ctx: contextvars.Context = handle._context  # type: ignore[attr-defined]
+    return ctx
+
+
+def _mark(handle: asyncio.Handle) -> None:
+    """Run `handle`, and all it starts, as urgent work from now on."""
+    ctx = _context(handle)
+    if not ctx.get(URGENT, False):
+        ctx.run(URGENT.set, True)
+
+
+class UrgentFirstLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop over an `UrgentFirstSelector` and a `ReadyQueue`."""
+
+    def __init__(self, batch: int = BATCH, turn: int = TURN) -> None:
         self.urgent_first = UrgentFirstSelector(batch)
         super().__init__(self.urgent_first)
+        self.ready = ReadyQueue(turn)
+        self._ready = self.ready
+
+    def _process_events(self, event_list: list[tuple[selectors.SelectorKey, int]]) -> None:
+        # the selector answers the urgent sockets first: their callbacks are urgent
+        for key, _ in event_list[: self.urgent_first.last_urgent]:
+            for handle in key.data:  # (reader, writer), as asyncio registers them
+                if handle is not None:
+                    _mark(handle)
+        super()._process_events(event_list)  # type: ignore[misc]
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -238,11 +328,14 @@ def _socket_fd(transport: asyncio.BaseTransport) -> int | None:
 
 
 def prefer(transport: asyncio.BaseTransport) -> None:
-    """Serve `transport`'s socket first, when the running loop can."""
+    """Serve `transport`'s socket first, when the running loop can; from its
+    protocol's `connection_made`, so that what the protocol starts is urgent
+    work too."""
     selector = _selector()
     fd = _socket_fd(transport)
     if selector is not None and fd is not None:
         selector.prefer(fd)
+        URGENT.set(True)  # this callback's own context: what it starts inherits it
 
 
 def unprefer(transport: asyncio.BaseTransport) -> None:
@@ -257,3 +350,11 @@ def prefer_fd(fd: int) -> None:
     selector = _selector()
     if selector is not None:
         selector.prefer(fd)
+
+
+def background(coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
+    """A task for `coro` that is not urgent work, even when an API request
+    starts it (an upgrade's engine): otherwise as `asyncio.create_task`."""
+    ctx = contextvars.copy_context()
+    ctx.run(URGENT.set, False)
+    return asyncio.get_running_loop().create_task(coro, name=name, context=ctx)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextvars
 import selectors
 import socket
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ import pytest
 
 from orchestrator import eventloop
 from orchestrator.api.limits import Guard
-from orchestrator.eventloop import UrgentFirstLoop, UrgentFirstSelector
+from orchestrator.eventloop import ReadyQueue, UrgentFirstLoop, UrgentFirstSelector
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
@@ -143,9 +145,14 @@ def test_in_the_loop_an_urgent_reader_runs_first_in_its_turn(
         others = readable(pairs, 100)
         api = readable(pairs, 1)[0]
         eventloop.prefer_fd(api.fileno())
+
+        def reader(end: socket.socket, who: str) -> None:
+            end.recv(1)
+            order.append(who)
+
         for end in others:
-            loop.add_reader(end, lambda e=end: (e.recv(1), order.append("host")))
-        loop.add_reader(api, lambda: (api.recv(1), order.append("api")))
+            loop.add_reader(end, reader, end, "host")
+        loop.add_reader(api, reader, api, "api")
         async with asyncio.timeout(10):
             while len(order) < 101:  # noqa: ASYNC110  # callbacks, not an event
                 await asyncio.sleep(0)
@@ -197,3 +204,114 @@ def test_outside_the_urgent_loop_preferring_does_nothing() -> None:
         eventloop.prefer_fd(0)  # asyncio's own loop: nothing to mark, no error
 
     asyncio.run(main())
+
+
+def test_the_ready_queue_gives_urgent_callbacks_first_and_counts_a_turn() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        queue = ReadyQueue(turn=3)
+        normal = [asyncio.Handle(print, (i,), loop) for i in range(5)]
+        ctx = contextvars.copy_context()
+        ctx.run(eventloop.URGENT.set, True)
+        urgent = [asyncio.Handle(print, (i,), loop, ctx) for i in range(2)]
+        assert not queue
+        for handle in [normal[0], urgent[0], *normal[1:], urgent[1]]:
+            queue.append(handle)
+        assert queue
+        assert len(queue) == 2 + 3  # every urgent one, at most `turn` others
+        assert queue.waiting == 7
+        assert [queue.popleft() for _ in range(4)] == [*urgent, normal[0], normal[1]]
+        assert len(queue) == 3
+        queue.clear()
+        assert not queue
+        assert queue.waiting == 0
+        with pytest.raises(ValueError, match="at least 1"):
+            ReadyQueue(turn=0)
+    finally:
+        loop.close()
+
+
+def test_a_turn_runs_at_most_turn_other_callbacks_in_their_order() -> None:
+    """asyncio's own loop runs all 100 in one turn; this one 8 at a time."""
+    seen: list[tuple[int, int]] = []  # (turn, callback)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, UrgentFirstLoop)
+        turns = 0
+        select = loop.urgent_first.select
+
+        def counting(timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+            nonlocal turns
+            turns += 1
+            return select(timeout)
+
+        loop.urgent_first.select = counting  # type: ignore[method-assign]
+
+        def note(i: int) -> None:
+            seen.append((turns, i))
+
+        for i in range(100):
+            loop.call_soon(note, i)
+        async with asyncio.timeout(10):
+            while len(seen) < 100:  # noqa: ASYNC110  # callbacks, not an event
+                await asyncio.sleep(0)
+
+    with asyncio.Runner(loop_factory=lambda: UrgentFirstLoop(turn=8)) as runner:
+        runner.run(main())
+    assert [i for _, i in seen] == list(range(100))
+    per_turn = collections.Counter(turn for turn, _ in seen)
+    assert max(per_turn.values()) <= 8
+    assert len(per_turn) >= 100 // 8
+
+
+def test_what_an_urgent_socket_starts_runs_before_what_the_hosts_queued(
+    pairs: list[tuple[socket.socket, socket.socket]],
+) -> None:
+    """500 callbacks queued, then a request comes on an API socket: its reader
+    and the task the reader starts run within the next turns, not after the
+    500 (asyncio's own loop, and the selector alone, ran the task last)."""
+    order: list[str] = []
+
+    async def handle() -> None:
+        order.append("api task")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        api, client = socket.socketpair()
+        pairs.append((api, client))
+        eventloop.prefer_fd(api.fileno())
+
+        def on_request() -> None:
+            api.recv(1)
+            order.append("api reader")
+            asyncio.get_running_loop().create_task(handle())
+
+        loop.add_reader(api, on_request)
+        await asyncio.sleep(0)  # the reader is registered
+        for _ in range(500):
+            loop.call_soon(order.append, "host")
+        client.send(b"x")
+        async with asyncio.timeout(10):
+            while len(order) < 502:  # noqa: ASYNC110  # callbacks, not an event
+                await asyncio.sleep(0)
+        loop.remove_reader(api)
+
+    with asyncio.Runner(loop_factory=eventloop.new_loop) as runner:
+        runner.run(main())
+    assert order.index("api task") < 2 * eventloop.TURN + 2
+    assert order.index("api reader") < order.index("api task")
+    assert order.count("host") == 500
+
+
+def test_background_work_started_from_urgent_work_is_not_urgent() -> None:
+    async def urgency() -> bool:
+        return eventloop.URGENT.get()
+
+    async def main() -> tuple[bool, bool]:
+        eventloop.URGENT.set(True)  # as in an API request's task
+        inherited = await asyncio.get_running_loop().create_task(urgency())
+        started = await eventloop.background(urgency(), name="engine")
+        return inherited, started
+
+    assert asyncio.run(main()) == (True, False)

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 
-from orchestrator import events, model
+from orchestrator import eventloop, events, model
 from orchestrator.actions.drain import Drainer, RuntimeAPI
 from orchestrator.actions.health import Checker, HealthProgress
 from orchestrator.actions.remote import HoldsConnections, Remote, RunRecords
@@ -348,7 +348,8 @@ class Engine:
             self._task.cancel()
 
     def start(self) -> asyncio.Task[UpgradeState]:
-        self._task = asyncio.create_task(self.run(), name=f"upgrade-{self.id}")
+        # an API request may start it: the engine's work is not the request's
+        self._task = eventloop.background(self.run(), name=f"upgrade-{self.id}")
         return self._task
 
     async def wait(self) -> UpgradeState:
