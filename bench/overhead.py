@@ -50,7 +50,7 @@ import asyncssh
 import yaml
 
 from bench.figures import figure
-from orchestrator import logs
+from orchestrator import eventloop, logs
 from orchestrator.engine.manager import UpgradeManager
 from orchestrator.engine.view import UpgradeView
 from orchestrator.inventory import parse_inventory_text
@@ -330,4 +330,7 @@ def breakdown(journaled: list[Event], sleep: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # the daemon's own loop (`orchestrator serve`): the upgrade and the bare
+    # loop both run on it, as the daemon's engines do
+    with asyncio.Runner(loop_factory=eventloop.new_loop) as runner:
+        runner.run(main())

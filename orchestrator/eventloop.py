@@ -191,21 +191,23 @@ class UrgentFirstSelector(selectors.BaseSelector):
         return key
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        urgent = self._urgent_set.poll(0)
-        if urgent:
-            wait = 0.0
-        elif timeout is None:
-            wait = -1.0
-        else:  # epoll counts milliseconds: round up, or a timer fires a turn early
-            wait = math.ceil(max(timeout, 0.0) * 1e3) * 1e-3
+        # epoll counts milliseconds: round up, or a timer fires a turn early
+        wait = -1.0 if timeout is None else math.ceil(max(timeout, 0.0) * 1e3) * 1e-3
+        # a ready urgent socket makes the urgent set's descriptor ready in the
+        # main set: one call sleeps for both, and answers for both unless the
+        # answer was cut at `batch + 1` before reaching it
         main_fd = self._urgent_set.fileno()
+        found = self._main.poll(wait, self.batch + 1)
         others: list[tuple[int, int]] = []
-        for fd, flags in self._main.poll(wait, self.batch + 1):
-            if fd == main_fd:
-                if not urgent:
-                    urgent = self._urgent_set.poll(0)
-            elif len(others) < self.batch:
+        urgent: list[tuple[int, int]] = []
+        for fd, flags in found:
+            if fd != main_fd:
                 others.append((fd, flags))
+            elif not urgent:
+                urgent = self._urgent_set.poll(0)
+        if len(found) > self.batch and not urgent:
+            urgent = self._urgent_set.poll(0)
+        del others[self.batch :]
         ready = []
         self.last_urgent = 0
         for fd, flags in urgent + others:
@@ -234,13 +236,19 @@ class UrgentFirstSelector(selectors.BaseSelector):
         return _Keys(self._keys)
 
 
+_append = collections.deque.append
+_popleft = collections.deque.popleft
+_len = collections.deque.__len__
+
+
 class ReadyQueue(collections.deque[asyncio.Handle]):
     """asyncio's queue of ready callbacks, urgent ones first.
 
-    The loop takes `len` once a turn as the number of callbacks to run in it,
-    then calls `popleft` that many times: `len` counts every urgent callback
-    and at most `turn` others, and `popleft` gives the urgent ones first,
-    those that came during the turn too. `waiting` is the true count.
+    The loop asks `len` once a turn how many callbacks to run in it, then
+    calls `popleft` that many times: `len` counts every urgent callback and
+    at most `turn` others, and `popleft` gives the urgent ones first, those
+    that come during the turn too (a request's reader wakes its handler's
+    task: both run in the same turn). `waiting` is the true count.
     """
 
     def __init__(self, turn: int = TURN) -> None:
@@ -250,22 +258,23 @@ class ReadyQueue(collections.deque[asyncio.Handle]):
         self.turn = turn
         self.urgent: collections.deque[asyncio.Handle] = collections.deque()
 
+    # append and popleft are the loop's hottest calls: no super() objects
     def append(self, handle: asyncio.Handle) -> None:
-        if _context(handle).get(URGENT, False):
+        if handle._context.get(URGENT, False):  # type: ignore[attr-defined]
             self.urgent.append(handle)
         else:
-            super().append(handle)
+            _append(self, handle)
 
     def popleft(self) -> asyncio.Handle:
         if self.urgent:
             return self.urgent.popleft()
-        return super().popleft()
+        return _popleft(self)
 
     def __len__(self) -> int:
-        return len(self.urgent) + min(super().__len__(), self.turn)
+        return len(self.urgent) + min(_len(self), self.turn)
 
     def __bool__(self) -> bool:
-        return bool(self.urgent) or super().__len__() > 0
+        return bool(self.urgent) or _len(self) > 0
 
     def clear(self) -> None:
         self.urgent.clear()
@@ -274,7 +283,7 @@ class ReadyQueue(collections.deque[asyncio.Handle]):
     @property
     def waiting(self) -> int:
         """Every callback waiting to run, urgent or not."""
-        return len(self.urgent) + super().__len__()
+        return len(self.urgent) + _len(self)
 
 
 def _context(handle: asyncio.Handle) -> contextvars.Context:

@@ -210,18 +210,26 @@ def test_the_ready_queue_gives_urgent_callbacks_first_and_counts_a_turn() -> Non
     loop = asyncio.new_event_loop()
     try:
         queue = ReadyQueue(turn=3)
-        normal = [asyncio.Handle(print, (i,), loop) for i in range(5)]
+        normal = [asyncio.Handle(print, (i,), loop) for i in range(6)]
         ctx = contextvars.copy_context()
         ctx.run(eventloop.URGENT.set, True)
-        urgent = [asyncio.Handle(print, (i,), loop, ctx) for i in range(2)]
+        urgent = [asyncio.Handle(print, (i,), loop, ctx) for i in range(3)]
         assert not queue
-        for handle in [normal[0], urgent[0], *normal[1:], urgent[1]]:
+        for handle in [normal[0], urgent[0], *normal[1:5], urgent[1]]:
             queue.append(handle)
         assert queue
-        assert len(queue) == 2 + 3  # every urgent one, at most `turn` others
         assert queue.waiting == 7
-        assert [queue.popleft() for _ in range(4)] == [*urgent, normal[0], normal[1]]
-        assert len(queue) == 3
+        # a turn, as the loop takes it: every urgent one first, then at most 3
+        assert len(queue) == 2 + 3
+        assert queue.popleft() is urgent[0]
+        queue.append(urgent[2])  # came during the turn: runs in it, first
+        queue.append(normal[5])
+        assert [queue.popleft() for _ in range(4)] == [urgent[1], urgent[2], *normal[:2]]
+        assert len(queue) == 3  # normal[2:6]: at most 3 of them in a turn
+        assert [queue.popleft() for _ in range(4)] == normal[2:]
+        assert not queue
+        queue.append(urgent[0])
+        queue.append(normal[0])
         queue.clear()
         assert not queue
         assert queue.waiting == 0
