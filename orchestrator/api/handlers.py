@@ -63,6 +63,27 @@ def plan_data(plan: model.Plan, digest: str) -> dict[str, Any]:
     return {"digest": digest, **model.to_data(plan)}
 
 
+def plan_bytes(plan: model.Plan, digest: str) -> bytes:
+    """The plan as the API answers it (compact JSON, `digest` first)."""
+    return json.dumps(plan_data(plan, digest), separators=(",", ":")).encode()
+
+
+async def encoded_plan(up: Upgrade) -> bytes:
+    """`up`'s plan as JSON, encoded once, in a worker thread: at 2,000 hosts
+    that is 80 ms and 1.3 MB, which the event loop the engines and every
+    status read share must not spend on each GET (a plan never changes)."""
+    if up.plan_json is None:
+        up.plan_json = await asyncio.to_thread(plan_bytes, up.plan, up.digest)
+    return up.plan_json
+
+
+def with_plan(data: dict[str, Any], plan: bytes) -> bytes:
+    """`data` as compact JSON with the encoded `plan` as its last field."""
+    assert data, "the answers that carry a plan have other fields first"
+    head = json.dumps(data, separators=(",", ":")).encode()
+    return head[:-1] + b',"plan":' + plan + b"}"
+
+
 def _summary(up: Upgrade) -> dict[str, Any]:
     return summary(up.id, up.plan, up.view, up.digest)
 
@@ -109,17 +130,16 @@ async def submit(request: web.Request) -> web.Response:
         plan = await asyncio.to_thread(build_plan, body, app[keys.SECRET_SOURCES])
     if body.dry_run:
         digest = plan.digest
-        return json_response(
-            {
-                "id": None,
-                "created": False,
-                "dry_run": True,
-                "digest": digest,
-                "warnings": list(plan.warnings),
-                "upgrade": None,
-                "plan": plan_data(plan, digest),
-            }
-        )
+        data: dict[str, Any] = {
+            "id": None,
+            "created": False,
+            "dry_run": True,
+            "digest": digest,
+            "warnings": list(plan.warnings),
+            "upgrade": None,
+        }
+        encoded = await asyncio.to_thread(plan_bytes, plan, digest)
+        return web.Response(body=with_plan(data, encoded), content_type="application/json")
     manager = app[keys.MANAGER]
     # one submit at a time: the idempotency key is checked before the journal
     # creates the upgrade, which leases its hosts in the same commit (409 when held)
@@ -134,17 +154,18 @@ async def submit(request: web.Request) -> web.Response:
             f"Idempotency-Key was first used for upgrade {up.id}, whose plan differs "
             "from this request's; use a new key for a new upgrade"
         )
-    return json_response(
-        {
-            "id": up.id,
-            "created": created,
-            "dry_run": False,
-            "digest": up.digest,
-            "warnings": list(up.plan.warnings),
-            "upgrade": _summary(up),
-            "plan": plan_data(up.plan, up.digest),
-        },
+    data = {
+        "id": up.id,
+        "created": created,
+        "dry_run": False,
+        "digest": up.digest,
+        "warnings": list(up.plan.warnings),
+        "upgrade": _summary(up),
+    }
+    return web.Response(
+        body=with_plan(data, await encoded_plan(up)),
         status=201 if created else 200,
+        content_type="application/json",
         headers={"Location": f"/v1/upgrades/{up.id}"},
     )
 
@@ -156,7 +177,7 @@ async def get_upgrade(request: web.Request) -> web.Response:
 
 async def get_plan(request: web.Request) -> web.Response:
     up = request.app[keys.MANAGER].get(request.match_info["id"])
-    return json_response(plan_data(up.plan, up.digest))
+    return web.Response(body=await encoded_plan(up), content_type="application/json")
 
 
 def control(action: str) -> Callable[[web.Request], Awaitable[web.Response]]:

@@ -55,6 +55,8 @@ class Upgrade:
     pool: SSHPool | None = None
     # the status document, kept encoded over `view` (made at the first read)
     live: LiveStatus | None = None
+    # the plan as the API answers it, encoded at the first read (orchestrator.api.handlers)
+    plan_json: bytes | None = None
 
 
 def new_id() -> str:
