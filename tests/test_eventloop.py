@@ -28,6 +28,22 @@ def pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
         b.close()
 
 
+def socketpair(
+    pairs: list[tuple[socket.socket, socket.socket]],
+) -> tuple[socket.socket, socket.socket]:
+    """A connected pair, closed after the test."""
+    a, b = socket.socketpair()
+    pairs.append((a, b))
+    return a, b
+
+
+@pytest.fixture
+def selector() -> Iterator[UrgentFirstSelector]:
+    made = UrgentFirstSelector()
+    yield made
+    made.close()
+
+
 def readable(pairs: list[tuple[socket.socket, socket.socket]], n: int) -> list[socket.socket]:
     """`n` sockets with a byte each to read."""
     ends = []
@@ -88,49 +104,39 @@ def test_ready_urgent_sockets_come_first_and_beyond_the_batch(
 
 
 def test_urgent_sockets_wake_a_sleeping_select(
-    pairs: list[tuple[socket.socket, socket.socket]],
+    pairs: list[tuple[socket.socket, socket.socket]], selector: UrgentFirstSelector
 ) -> None:
-    selector = UrgentFirstSelector()
-    try:
-        a, b = socket.socketpair()
-        pairs.append((a, b))
-        selector.prefer(a.fileno())
-        selector.register(a, READ, "urgent")
-        assert selector.select(0) == []
-        b.send(b"x")
-        got = selector.select(None)  # blocks in the main set, whose member it is
-        assert [(key.data, events) for key, events in got] == [("urgent", READ)]
-    finally:
-        selector.close()
+    a, b = socketpair(pairs)
+    selector.prefer(a.fileno())
+    selector.register(a, READ, "urgent")
+    assert selector.select(0) == []
+    b.send(b"x")
+    got = selector.select(None)  # blocks in the main set, whose member it is
+    assert [(key.data, events) for key, events in got] == [("urgent", READ)]
 
 
 def test_register_modify_unregister_and_the_map(
-    pairs: list[tuple[socket.socket, socket.socket]],
+    pairs: list[tuple[socket.socket, socket.socket]], selector: UrgentFirstSelector
 ) -> None:
-    selector = UrgentFirstSelector()
-    try:
-        a, b = socket.socketpair()
-        pairs.append((a, b))
-        key = selector.register(a, READ, "r")
-        assert selector.get_map()[a] is key
-        assert selector.get_key(a.fileno()) is key
-        with pytest.raises(KeyError, match="already registered"):
-            selector.register(a, READ)
-        with pytest.raises(ValueError, match="invalid events"):
-            selector.register(b, 0)
-        assert selector.select(0) == []  # nothing to read yet
-        key = selector.modify(a, READ | WRITE, "rw")
-        assert [(k.data, events) for k, events in selector.select(0)] == [("rw", WRITE)]
+    a, b = socketpair(pairs)
+    key = selector.register(a, READ, "r")
+    assert selector.get_map()[a] is key
+    assert selector.get_key(a.fileno()) is key
+    with pytest.raises(KeyError, match="already registered"):
+        selector.register(a, READ)
+    with pytest.raises(ValueError, match="invalid events"):
+        selector.register(b, 0)
+    assert selector.select(0) == []  # nothing to read yet
+    key = selector.modify(a, READ | WRITE, "rw")
+    assert [(k.data, events) for k, events in selector.select(0)] == [("rw", WRITE)]
+    selector.unregister(a)
+    assert len(selector.get_map()) == 0
+    with pytest.raises(KeyError):
         selector.unregister(a)
-        assert len(selector.get_map()) == 0
-        with pytest.raises(KeyError):
-            selector.unregister(a)
-        with pytest.raises(KeyError):
-            selector.modify(a, READ)
-        with pytest.raises(ValueError, match="at least 1"):
-            UrgentFirstSelector(batch=0)
-    finally:
-        selector.close()
+    with pytest.raises(KeyError):
+        selector.modify(a, READ)
+    with pytest.raises(ValueError, match="at least 1"):
+        UrgentFirstSelector(batch=0)
 
 
 def test_in_the_loop_an_urgent_reader_runs_first_in_its_turn(
