@@ -42,6 +42,7 @@ import collections
 import contextlib
 import contextvars
 import math
+import os
 import select
 import selectors
 from collections.abc import Coroutine, Iterator, Mapping
@@ -66,6 +67,15 @@ def _fd(fileobj: FileDescriptorLike) -> int:
     if fd < 0:
         raise ValueError(f"invalid file descriptor: {fd}")
     return fd
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    """Which open file `fd` is (device and inode: each socket has its own)."""
+    try:
+        stat = os.fstat(fd)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _mask(events: int) -> int:
@@ -104,7 +114,8 @@ class UrgentFirstSelector(selectors.BaseSelector):
             raise ValueError("batch must be at least 1")
         self.batch = batch
         self._keys: dict[int, selectors.SelectorKey] = {}
-        self._preferred: set[int] = set()  # urgent once registered
+        # urgent once registered: fd -> which open file it was marked for
+        self._preferred: dict[int, tuple[int, int]] = {}
         self._urgent: set[int] = set()  # registered in the urgent set now
         self.last_urgent = 0  # how many of the last `select`'s answer are urgent
         self._main = select.epoll()
@@ -114,13 +125,20 @@ class UrgentFirstSelector(selectors.BaseSelector):
     # --- marking -----------------------------------------------------------
 
     def prefer(self, fd: int) -> None:
-        """Serve `fd` first from now on (moved at once if it is registered)."""
-        self._preferred.add(fd)
-        self._move(fd)
+        """Serve `fd` first from now on (moved at once if it is registered).
+
+        The mark is for the socket open as `fd` now: if it is closed before
+        `unprefer` (a TLS connection's protocol learns of its end after its
+        socket is closed), a socket that gets the same number later is not
+        urgent."""
+        identity = _identity(fd)
+        if identity is not None:
+            self._preferred[fd] = identity
+            self._move(fd)
 
     def unprefer(self, fd: int) -> None:
         """`fd` back among the others (its connection is closing)."""
-        self._preferred.discard(fd)
+        self._preferred.pop(fd, None)
         self._move(fd)
 
     def prefers(self, fd: int) -> bool:
@@ -158,7 +176,10 @@ class UrgentFirstSelector(selectors.BaseSelector):
         if fd in self._keys:
             raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
         key = selectors.SelectorKey(fileobj, fd, events, data)
-        if fd in self._preferred:
+        marked = self._preferred.get(fd)
+        if marked is not None and marked != _identity(fd):
+            del self._preferred[fd]  # marked for a socket since closed
+        elif marked is not None:
             self._urgent.add(fd)
         self._poll_of(fd).register(fd, _mask(events))
         self._keys[fd] = key

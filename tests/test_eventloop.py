@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import os
 import selectors
 import socket
 from collections.abc import Iterator
@@ -329,3 +330,26 @@ def test_background_work_started_from_urgent_work_is_not_urgent() -> None:
         return inherited, started
 
     assert asyncio.run(main()) == (True, False)
+
+
+def test_a_mark_outliving_its_socket_does_not_make_the_next_one_urgent(
+    pairs: list[tuple[socket.socket, socket.socket]], selector: UrgentFirstSelector
+) -> None:
+    """A TLS connection's protocol hears of its end after its socket is closed:
+    the next socket given the same number (an SSH host's) stays ordinary."""
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    selector.prefer(fd)
+    other = socketpair(pairs)[0]  # made while `fd` is taken: another number
+    a.close()
+    b.close()
+    reused = socket.socket(fileno=os.dup2(other.fileno(), fd))
+    try:
+        selector.register(reused, READ, "host")
+        assert not selector.urgent(fd)
+        assert not selector.prefers(fd)
+        selector.prefer(fd)  # marked for this socket: urgent at once
+        assert selector.urgent(fd)
+    finally:
+        selector.unregister(reused)
+        reused.close()
