@@ -3,7 +3,9 @@
 do not share the engine's event loop and core). The servers run `sleep N`
 without forking a shell (each real host has its own CPU for that; 200
 simulated hosts on two cores do not), so the figure is the orchestrator's
-own overhead: SSH sessions, journal writes, state, scheduling.
+own overhead: SSH sessions, journal writes, state, scheduling. Both the
+upgrade and the bare loop run on the daemon's own event loop
+(`orchestrator.eventloop.new_loop`).
 
 In the same run, against the same hosts, it runs a bare asyncssh loop of the
 same shape: the plan's batches one after the other, in each batch every host
