@@ -72,10 +72,13 @@ async def test_files_go_over_sftp_relative_to_the_host(real_sshd_hosts: MakeSSHH
 
 
 async def test_timeout_kills_the_command_and_its_children(real_sshd_hosts: MakeSSHHosts) -> None:
+    """The child would sleep 30 s: the run ending timed out with only the
+    first line, and the child gone, show that the timeout ended it, on a
+    machine of any speed (a loaded one took 4.3 s to connect and give up)."""
     hosts = await real_sshd_hosts(["host-1"])
     directory = hosts.host_dir("host-1")
     command = (
-        "echo $$ > pid; (sleep 2; touch late) & echo $! > child; echo started; wait; echo never"
+        "echo $$ > pid; (sleep 30; touch late) & echo $! > child; echo started; wait; echo never"
     )
     async with SSHPool(hosts.targets()) as pool:
         started = time.monotonic()
@@ -83,11 +86,9 @@ async def test_timeout_kills_the_command_and_its_children(real_sshd_hosts: MakeS
         elapsed = time.monotonic() - started
         assert result.timed_out and result.exit_status is None
         assert result.output == "started"
-        assert elapsed < 2.0, f"took {elapsed:.1f}s to give up"
         await wait_gone(
             int((directory / "pid").read_text()), int((directory / "child").read_text())
         )
-        await asyncio.sleep(2.0)  # past the moment the child would have written
         assert not (directory / "late").exists()
         assert (await pool.run("host-1", "echo still usable")).output == "still usable"
     print(f"timed-out command stopped; run() returned after {elapsed:.2f}s")
