@@ -27,9 +27,14 @@ from orchestrator.plan import Options
 IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
+def compact(data: Any) -> bytes:
+    """`data` as the API answers it: compact JSON."""
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
 def json_response(data: Any, status: int = 200, **kwargs: Any) -> web.Response:
     return web.Response(
-        body=json.dumps(data, separators=(",", ":")).encode(),
+        body=compact(data),
         status=status,
         content_type="application/json",
         **kwargs,
@@ -65,7 +70,7 @@ def plan_data(plan: model.Plan, digest: str) -> dict[str, Any]:
 
 def plan_bytes(plan: model.Plan, digest: str) -> bytes:
     """The plan as the API answers it (compact JSON, `digest` first)."""
-    return json.dumps(plan_data(plan, digest), separators=(",", ":")).encode()
+    return compact(plan_data(plan, digest))
 
 
 async def encoded_plan(up: Upgrade) -> bytes:
@@ -80,8 +85,7 @@ async def encoded_plan(up: Upgrade) -> bytes:
 def with_plan(data: dict[str, Any], plan: bytes) -> bytes:
     """`data` as compact JSON with the encoded `plan` as its last field."""
     assert data, "the answers that carry a plan have other fields first"
-    head = json.dumps(data, separators=(",", ":")).encode()
-    return head[:-1] + b',"plan":' + plan + b"}"
+    return compact(data)[:-1] + b',"plan":' + plan + b"}"
 
 
 def _summary(up: Upgrade) -> dict[str, Any]:
