@@ -219,16 +219,10 @@ class UrgentFirstSelector(selectors.BaseSelector):
         # answer was cut at `batch + 1` before reaching it
         main_fd = self._urgent_set.fileno()
         found = self._main.poll(wait, self.batch + 1)
-        others: list[tuple[int, int]] = []
-        urgent: list[tuple[int, int]] = []
-        for fd, flags in found:
-            if fd != main_fd:
-                others.append((fd, flags))
-            elif not urgent:
-                urgent = self._urgent_set.poll(0)
-        if len(found) > self.batch and not urgent:
-            urgent = self._urgent_set.poll(0)
-        del others[self.batch :]
+        others = [(fd, flags) for fd, flags in found if fd != main_fd][: self.batch]
+        # fewer others than answers: the urgent set's descriptor was among
+        # them, or the answer was cut (batch + 1 others) and may not show it
+        urgent = self._urgent_set.poll(0) if len(others) < len(found) else []
         ready = []
         self.last_urgent = 0
         for fd, flags in urgent + others:
