@@ -135,15 +135,19 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return result
 
 
+def connect(url: str) -> http.client.HTTPConnection:
+    split = urlsplit(url)
+    return http.client.HTTPConnection(split.hostname or "127.0.0.1", split.port)
+
+
 def read(
     url: str, headers: dict[str, str], path: str, conn: http.client.HTTPConnection | None = None
 ) -> tuple[float, bytes]:
     """One GET of `path` (on `conn`, kept alive, or a new connection): how
     long it took, and the body."""
-    split = urlsplit(url)
     own = conn is None
     if conn is None:
-        conn = http.client.HTTPConnection(split.hostname or "127.0.0.1", split.port)
+        conn = connect(url)
     try:
         t0 = time.perf_counter()
         conn.request("GET", path, headers=headers)
@@ -176,8 +180,7 @@ def read_until_done(
     would be timed as the daemon's latency, so the client collects between
     reads, never during one.
     """
-    split = urlsplit(url)
-    conn = http.client.HTTPConnection(split.hostname or "127.0.0.1", split.port)
+    conn = connect(url)
     gc.freeze()
     gc.disable()
     try:
