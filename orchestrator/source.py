@@ -321,21 +321,29 @@ def _build(
     counted on the way, built or not (a skipped key's value too)."""
     if tally is not None:
         tally.count(depth)
-    doc.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    positions = doc.positions
+    positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         first_seen: dict[Any, int] = {}
+        below = depth + 1
         for key_node, value_node in node.value:
+            # a plain string key and a plain string value (most of an
+            # inventory) are read here, as _build_scalar_key and _build would
+            plain_key = type(key_node) is yaml.ScalarNode and key_node.tag == _STR_TAG
             if tally is not None:
-                tally.skip(key_node, depth + 1)
+                if plain_key:
+                    tally.count(below)
+                else:
+                    tally.skip(key_node, below)
             if key_node.tag == "tag:yaml.org,2002:merge":
                 problems.append(
                     _at(doc, key_node, path, "YAML merge keys ('<<') are not supported")
                 )
                 if tally is not None:
-                    tally.skip(value_node, depth + 1)
+                    tally.skip(value_node, below)
                 continue
-            key = _build_scalar_key(key_node, path, doc, problems)
+            key = key_node.value if plain_key else _build_scalar_key(key_node, path, doc, problems)
             if key is None:
                 if tally is not None:
                     tally.skip(value_node, depth + 1)
@@ -353,9 +361,15 @@ def _build(
                 if tally is not None:
                     tally.skip(value_node, depth + 1)
                 continue
-            first_seen[key] = key_node.start_mark.line + 1
-            doc.positions[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            out[key] = _build(value_node, child, doc, problems, tally=tally, depth=depth + 1)
+            mark = key_node.start_mark
+            first_seen[key] = mark.line + 1
+            positions[child] = (mark.line + 1, mark.column + 1)
+            if type(value_node) is yaml.ScalarNode and value_node.tag == _STR_TAG:
+                if tally is not None:
+                    tally.count(below)
+                out[key] = value_node.value  # its position is its key's
+            else:
+                out[key] = _build(value_node, child, doc, problems, tally=tally, depth=below)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [
