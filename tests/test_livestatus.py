@@ -178,6 +178,14 @@ def test_around_splits_an_object_where_a_value_goes() -> None:
     assert head + b"[]" + tail == b'{"rows":[]}'
 
 
+def test_around_splits_right_when_another_value_looks_like_its_marker() -> None:
+    # a command's output or a reason can hold any text, the marker's too
+    marker = "\x00hole\x00"
+    obj = {"reason": marker, "rows": None, "output": [marker]}
+    head, tail = around(obj, "rows")
+    assert head + b"[7]" + tail == json.dumps({**obj, "rows": [7]}, separators=(",", ":")).encode()
+
+
 def per_host(plan: model.Plan, past: History, view: UpgradeView, now: float) -> float | None:
     """The critical path as eta.py first summed it: every host of every batch."""
     total = 0.0
