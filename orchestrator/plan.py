@@ -67,7 +67,7 @@ class _Compiler:
         seen: set[tuple[str, PathKey]] = set()
         self.inv_render = Renderer(inv_doc, self.problems, seen, templates)
         self.pb_render = Renderer(pb_doc, self.problems, seen, templates)
-        self.groups = {role: inventory.role_hosts(role) for role in inventory.all_roles()}
+        self.groups = inventory.role_groups()
         self._members: dict[tuple[str, ...], list[Member]] = {}
 
     def compile(self, options: Options) -> model.Plan:
@@ -282,12 +282,16 @@ class _Compiler:
         key = tuple(phase.roles)
         found = self._members.get(key)
         if found is None:
-            wanted = set(phase.roles)
-            found = self._members[key] = [
-                Member(name, host.zone, tuple(r for r in phase.roles if r in host.roles))
-                for name, host in inventory.hosts.items()
-                if wanted.intersection(host.roles)
-            ]
+            # hosts holding the same roles hold the same of the phase's
+            held: dict[tuple[str, ...], tuple[str, ...]] = {}
+            found = self._members[key] = []
+            for name, host in inventory.hosts.items():
+                roles = tuple(host.roles)
+                ours = held.get(roles)
+                if ours is None:
+                    ours = held[roles] = tuple(r for r in phase.roles if r in roles)
+                if ours:
+                    found.append(Member(name, host.zone, ours))
         return found
 
     def gate(self, gate: Any, gi: int, phase: Phase, where: PathKey) -> model.Gate:

@@ -80,14 +80,17 @@ class Procedures:
         whether the phase drains, health-checks and verifies the version."""
         hosts, block_of = self._hosts, self._block
         shapes = self._shapes.setdefault(index, {})
-        self._prefetch(index, phase, names, duties)
-        plans = []
+        shaped: list[tuple[_Host, tuple[tuple[str, ...], _Recipe | None]]] = []
         for name in names:
             host = hosts.get(name) or self._host(name)
             shape = shapes.get(host.shape)
             if shape is None:
                 shape = shapes[host.shape] = self._shape(index, phase, host, duties)
-            roles, recipe = shape
+            shaped.append((host, shape))
+        self._prefetch(shaped)
+        step_of, plan_of = model.Step, model.HostPlan
+        plans = []
+        for host, (roles, recipe) in shaped:
             if recipe is not None:
                 block = (host.plain and recipe.block) or block_of(recipe, host)
                 steps, cleanup, drains, health, version = (
@@ -101,12 +104,26 @@ class Procedures:
                 steps, cleanup, drains, health, version = self._roles(
                     index, phase, roles, host, duties
                 )
-            prefix = f"{phase.name}/{name}/"
+            prefix = f"{phase.name}/{host.name}/"
+            # each step numbered for this host: by position, 70,000 steps for nova on 10,000 hosts
             plans.append(
-                model.HostPlan(
-                    name,
+                plan_of(
+                    host.name,
                     roles,
-                    tuple([_numbered(s, f"{prefix}{n}") for n, s in enumerate(steps, 1)]),
+                    tuple(
+                        [
+                            step_of(
+                                f"{prefix}{n}",
+                                s.name,
+                                s.action,
+                                s.undo,
+                                s.check,
+                                s.idempotent,
+                                s.become,
+                            )
+                            for n, s in enumerate(steps, 1)
+                        ]
+                    ),
                     tuple([_numbered(s, f"{prefix}cleanup-{n}") for n, s in enumerate(cleanup, 1)])
                     if cleanup
                     else (),
@@ -117,27 +134,19 @@ class Procedures:
             )
         return tuple(plans)
 
-    def _prefetch(
-        self, index: int, phase: Phase, names: Sequence[str], duties: tuple[bool, bool, bool]
-    ) -> None:
+    def _prefetch(self, shaped: Sequence[tuple[_Host, tuple[Any, _Recipe | None]]]) -> None:
         """Build at once, for the hosts without vars of each recipe, the pieces
         that read `host` and are not built yet (a drain for each host): one
         Jinja render for all of them instead of one per host. What each host
         gets is kept by host and piece for every phase (`_fetched`: pieces of
         the inventory's roles that do not read `phase` are the same in each).
-        A piece that cannot be built so is left to `_value`, host by host."""
+        A piece that cannot be built so is left to `_value`, host by host.
+        `shaped`: each host of the batch, and its shape in the phase."""
         fetched = self._fetched
-        shapes = self._shapes.setdefault(index, {})
         groups: dict[int, tuple[_Recipe, list[_Host]]] = {}
-        for name in names:
-            host = self._hosts.get(name) or self._host(name)
-            if not host.plain:
-                continue
-            shape = shapes.get(host.shape)
-            if shape is None:
-                shape = shapes[host.shape] = self._shape(index, phase, host, duties)
-            if shape[1] is not None:
-                groups.setdefault(id(shape[1]), (shape[1], []))[1].append(host)
+        for host, (_, recipe) in shaped:
+            if host.plain and recipe is not None:
+                groups.setdefault(id(recipe), (recipe, []))[1].append(host)
         for recipe, members in groups.values():
             context = {**self.base, "role": recipe.role, "phase": recipe.phase}
             for piece in recipe.pieces:

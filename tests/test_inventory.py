@@ -32,6 +32,9 @@ def test_example_inventory_loads(repo_root: Path) -> None:
         "cmp-a1", "cmp-a2", "cmp-a3", "cmp-a4", "cmp-b1", "cmp-b2", "cmp-b3", "cmp-b4",
     ]  # fmt: skip
     assert inventory.all_roles()[:3] == ["database", "loadbalancer", "conductor"]
+    groups = inventory.role_groups()
+    assert list(groups) == inventory.all_roles()
+    assert groups == {role: inventory.role_hosts(role) for role in inventory.all_roles()}
     assert inventory.secrets["db_password"].env == "NOVA_DB_PASSWORD"
     host_ssh = inventory.hosts["cmp-b4"].ssh
     assert host_ssh is not None
