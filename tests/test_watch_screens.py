@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,7 +45,11 @@ class Terminal:
         return done.stdout
 
     def start(self, command: str) -> None:
-        self.run("new-session", "-d", "-s", "t", "-x", "150", "-y", "60", command)
+        argv = ["new-session", "-d", "-s", "t", "-x", "150", "-y", "60", command]
+        done = subprocess.run(
+            [self.tmux, "-L", self.socket, *argv], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, f"tmux new-session: {done.stderr}"
         self.run("set-option", "-t", "t", "remain-on-exit", "on")
 
     def screen(self) -> str:
@@ -54,12 +59,18 @@ class Terminal:
         return self.run("display-message", "-p", "-t", "t", "#{pane_dead}").strip() == "1"
 
     async def until(self, check: str | re.Pattern[str], timeout: float = 240) -> str:
-        async with asyncio.timeout(timeout):
-            while True:
-                screen = self.screen()
-                if re.search(check, screen) if isinstance(check, re.Pattern) else check in screen:
-                    return screen
-                await asyncio.sleep(0.2)
+        """Wait for the screen to show `check`; on timeout, fail with the last screen."""
+        screen = ""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    screen = self.screen()
+                    found = re.search(check, screen) if isinstance(check, re.Pattern) else None
+                    if found or (isinstance(check, str) and check in screen):
+                        return screen
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            pytest.fail(f"no {check!r} on screen in {timeout} s; the last screen:\n{screen}")
 
 
 @pytest.fixture
@@ -67,7 +78,9 @@ def terminal() -> Iterator[Terminal]:
     tmux = shutil.which("tmux")
     if tmux is None:
         missing_parts("the screen tests need tmux; install with: sudo apt-get install -y tmux")
-    socket = f"orchestrator-test-{os.getpid()}"
+    # a server of its own per test: the last test's server may still be going
+    # away when the next one starts, and a new session on its socket then fails
+    socket = f"orchestrator-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     term = Terminal(tmux, socket)
     try:
         yield term
