@@ -57,7 +57,7 @@ from orchestrator.transport import supervise
 from orchestrator.transport.dial import KEEPALIVE_COUNT_MAX, Dialer
 from orchestrator.transport.follow import KILL_GRACE, Follower, Run
 from orchestrator.transport.follow import describe as _describe
-from orchestrator.transport.records import Records
+from orchestrator.transport.records import Lull, Records
 from orchestrator.transport.slots import ConnectionLimit, HostConnections
 from orchestrator.transport.supervise import Ending
 
@@ -185,7 +185,10 @@ class SSHPool:
         self._conns = HostConnections(limit or ConnectionLimit(), Dialer(), policy_sleep)
         self._lease = self._conns.lease
         self._follower = Follower(self._lease, self._error, self._secrets.redact, policy_sleep)
-        self._records = Records(self._follower.call, self._error)
+        # the record removals of hosts done with a phase wait for a pause in
+        # the upgrade's own commands, unless hosts wait for a connection place
+        self._lull = Lull(lambda: self._conns.limit.waiting > 0)
+        self._records = Records(self._follower.call, self._error, self._lull)
         # called before anything that changes a host: raises to forbid it (a
         # daemon whose leader lease has run out must not act on hosts)
         self.gate: Callable[[], None] | None = None
@@ -258,11 +261,15 @@ class SSHPool:
             # a secret must never be on a command line the host's users can read
             # (ps, /proc): the supervised path sends the script on stdin instead
             run_id = f"{ADHOC}/{uuid.uuid4().hex}"
-        if run_id is not None:
-            return await self._supervised(
-                host, command, timeout=timeout, become=become, on_line=on_line, run_id=run_id
-            )
-        return await self._plain(host, command, timeout=timeout, become=become, on_line=on_line)
+        self._lull.busy()
+        try:
+            if run_id is not None:
+                return await self._supervised(
+                    host, command, timeout=timeout, become=become, on_line=on_line, run_id=run_id
+                )
+            return await self._plain(host, command, timeout=timeout, become=become, on_line=on_line)
+        finally:
+            self._lull.busy()
 
     async def _plain(
         self,

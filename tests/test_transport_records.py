@@ -1,0 +1,165 @@
+"""Run record removals and the lull they wait for (orchestrator/transport/records.py).
+
+The removals over real connections are in tests/test_transport_supervised.py;
+here the pool's side alone, with a fake clock and a fake host call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from orchestrator.errors import TransportError
+from orchestrator.model import HostTarget
+from orchestrator.transport import supervise
+from orchestrator.transport.records import Lull, Records
+
+UPGRADE = "u20261201-120000-abc123"
+RUN = f"{UPGRADE}/upgrade-computes.install.1"
+
+
+class Clock:
+    """A clock that moves only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+        self.on_sleep: list[Callable[[], None]] = []  # called at every sleep
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.slept.append(delay)
+        self.now += delay
+        for call in self.on_sleep:
+            call()
+
+
+def lull(clock: Clock, pressed: list[bool] | None = None) -> Lull:
+    flag = pressed if pressed is not None else [False]
+    return Lull(lambda: flag[0], quiet=0.02, longest=2.0, clock=clock, sleep=clock.sleep)
+
+
+async def test_no_command_yet_is_a_lull() -> None:
+    clock = Clock()
+    await lull(clock).wait()
+    assert clock.slept == []
+
+
+async def test_it_waits_for_the_quiet_time_after_the_last_command() -> None:
+    clock = Clock()
+    quiet = lull(clock)
+    quiet.busy()
+    clock.now += 0.005
+    await quiet.wait()
+    assert sum(clock.slept) == pytest.approx(0.015)
+    assert clock.now == pytest.approx(100.02)
+
+
+async def test_commands_that_never_pause_hold_it_back_at_most_the_longest_deferral() -> None:
+    clock = Clock()
+    quiet = lull(clock)
+    clock.on_sleep.append(quiet.busy)  # the commands never pause
+    quiet.busy()
+    await quiet.wait()
+    assert sum(clock.slept) == pytest.approx(2.0)
+    assert max(clock.slept) <= 0.02  # it looks again after each slice
+
+
+async def test_the_pools_or_the_callers_press_ends_the_wait_at_once() -> None:
+    clock = Clock()
+    pressed = [True]
+    quiet = lull(clock, pressed)
+    quiet.busy()
+    await quiet.wait()
+    pressed[0] = False
+    await quiet.wait(lambda: True)
+    assert clock.slept == []
+
+
+async def test_a_press_while_it_waits_ends_the_wait_at_its_next_look() -> None:
+    """Hosts that start waiting for a place under max_connections meanwhile:
+    it looks again after each slice (at most `quiet` seconds)."""
+    clock = Clock()
+    pressed = [False]
+    quiet = lull(clock, pressed)
+    clock.on_sleep.append(quiet.busy)  # the commands never pause
+
+    def press() -> None:
+        pressed[0] = len(clock.slept) >= 3
+
+    clock.on_sleep.append(press)
+    quiet.busy()
+    await quiet.wait()
+    assert len(clock.slept) == 3
+
+
+def target() -> HostTarget:
+    return HostTarget(
+        name="host-1",
+        address="127.0.0.1",
+        port=22,
+        user="ops",
+        key=None,
+        known_hosts=None,
+        verify_host_keys=True,
+        become="none",
+        roles=(),
+        zone=None,
+        connect_timeout=5.0,
+        command_timeout=60.0,
+        keepalive_interval=5.0,
+    )
+
+
+class Host:
+    """The host end of `Records`' helper calls: each one waits to be answered."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.asked = asyncio.Event()
+
+    async def __call__(self, _: HostTarget, command: str) -> tuple[int, str, str]:
+        self.calls.append(command)
+        self.asked.set()
+        return 0, "0\n", ""
+
+
+def error(host: str, reason: str, *, may_still_run: bool = False) -> TransportError:
+    return TransportError(host, reason, may_still_run=may_still_run)
+
+
+async def started_and_returned(records: Records) -> None:
+    records.starting("host-1", RUN)
+    records.returned("host-1", RUN, supervise.record_path(RUN))
+
+
+async def test_a_background_removal_waits_for_a_lull_and_a_run_of_its_upgrade_presses_it() -> None:
+    host = Host()
+    quiet = Lull(lambda: False, quiet=3600)  # the real clock: no lull within the test
+    quiet.busy()
+    records = Records(host, error, quiet)
+    await started_and_returned(records)
+    released = asyncio.Event()
+    records.forget_soon(target(), UPGRADE, released.set)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert host.calls == []  # waiting for the upgrade's commands to pause
+    # the next run of the upgrade on the host waits for the removal: it goes now
+    await asyncio.wait_for(records.settle("host-1", f"{UPGRADE}/next.1"), 10)
+    assert len(host.calls) == 1 and "orchestrator-forget" in host.calls[0]
+    assert released.is_set()
+
+
+async def test_a_forget_at_the_phases_end_presses_the_removal_under_way() -> None:
+    host = Host()
+    quiet = Lull(lambda: False, quiet=3600)
+    quiet.busy()
+    records = Records(host, error, quiet)
+    await started_and_returned(records)
+    records.forget_soon(target(), UPGRADE, lambda: None)
+    assert await asyncio.wait_for(records.forget(target(), UPGRADE), 10) == 0
+    assert len(host.calls) == 1  # the background one; then the host is known clean
