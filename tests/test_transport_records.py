@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from orchestrator.errors import TransportError
+from orchestrator.minicloud.sshd import loopback_target
 from orchestrator.model import HostTarget
 from orchestrator.transport import supervise
 from orchestrator.transport.records import Lull, Records
@@ -98,20 +100,9 @@ async def test_a_press_while_it_waits_ends_the_wait_at_its_next_look() -> None:
 
 
 def target() -> HostTarget:
-    return HostTarget(
-        name="host-1",
-        address="127.0.0.1",
-        port=22,
-        user="ops",
-        key=None,
-        known_hosts=None,
-        verify_host_keys=True,
-        become="none",
-        roles=(),
-        zone=None,
-        connect_timeout=5.0,
-        command_timeout=60.0,
-        keepalive_interval=5.0,
+    # never dialled: the host's helper calls are `Host`'s
+    return loopback_target(
+        "host-1", 22, user="ops", key=Path("key"), known_hosts=Path("known"), become="none"
     )
 
 
