@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from orchestrator.errors import TransportError
 from orchestrator.minicloud.sshd import loopback_target
@@ -154,3 +155,22 @@ async def test_a_forget_at_the_phases_end_presses_the_removal_under_way() -> Non
     records.forget_soon(target(), UPGRADE, lambda: None)
     assert await asyncio.wait_for(records.forget(target(), UPGRADE), 10) == 0
     assert len(host.calls) == 1  # the background one; then the host is known clean
+
+
+async def test_an_unexpected_error_in_a_background_removal_is_logged() -> None:
+    """A defect in the removal (a TypeError once) used to end the task with an
+    exception nobody retrieved: said only when the task was collected."""
+
+    async def broken(_: HostTarget, command: str) -> tuple[int, str, str]:
+        raise TypeError("'int' object is not callable")
+
+    records = Records(broken, error)
+    await started_and_returned(records)
+    released = asyncio.Event()
+    with capture_logs() as logged:
+        records.forget_soon(target(), UPGRADE, released.set)
+        await asyncio.wait_for(released.wait(), 10)
+        await records.close()
+    said = [entry for entry in logged if entry["log_level"] == "error"]
+    assert len(said) == 1 and said[0]["event"] == "run records not removed: unexpected error"
+    assert said[0]["host"] == "host-1" and said[0]["exc_info"] is True
