@@ -32,23 +32,26 @@ def masked(screen: str) -> str:
     return TIME.sub("<t>", screen)
 
 
+def shows(screen: str, check: str | re.Pattern[str]) -> bool:
+    return bool(re.search(check, screen)) if isinstance(check, re.Pattern) else check in screen
+
+
 class Terminal:
     """One tmux session, 150 x 60, running one command until it ends."""
 
     def __init__(self, tmux: str, socket: str) -> None:
         self.tmux, self.socket = tmux, socket
 
-    def run(self, *argv: str) -> str:
-        done = subprocess.run(
+    def tmux_run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [self.tmux, "-L", self.socket, *argv], capture_output=True, text=True, check=False
         )
-        return done.stdout
+
+    def run(self, *argv: str) -> str:
+        return self.tmux_run(*argv).stdout
 
     def start(self, command: str) -> None:
-        argv = ["new-session", "-d", "-s", "t", "-x", "150", "-y", "60", command]
-        done = subprocess.run(
-            [self.tmux, "-L", self.socket, *argv], capture_output=True, text=True, check=False
-        )
+        done = self.tmux_run("new-session", "-d", "-s", "t", "-x", "150", "-y", "60", command)
         assert done.returncode == 0, f"tmux new-session: {done.stderr}"
         self.run("set-option", "-t", "t", "remain-on-exit", "on")
 
@@ -65,8 +68,7 @@ class Terminal:
             async with asyncio.timeout(timeout):
                 while True:
                     screen = self.screen()
-                    found = re.search(check, screen) if isinstance(check, re.Pattern) else None
-                    if found or (isinstance(check, str) and check in screen):
+                    if shows(screen, check):
                         return screen
                     await asyncio.sleep(0.2)
         except TimeoutError:

@@ -16,7 +16,8 @@
   commands. A batch ends with all its hosts at once, and the next one starts
   its commands at that moment; the removals run while those commands run.
   A removal does not wait when something waits for it: a run of the same
-  upgrade on the host, or a host waiting for a place under `max_connections`.
+  upgrade on the host, a `forget`, or a host waiting for a place under
+  `max_connections`.
 """
 
 from __future__ import annotations
