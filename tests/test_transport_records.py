@@ -17,7 +17,7 @@ from orchestrator.errors import TransportError
 from orchestrator.minicloud.sshd import loopback_target
 from orchestrator.model import HostTarget
 from orchestrator.transport import supervise
-from orchestrator.transport.records import Lull, Records
+from orchestrator.transport.records import BACKGROUND_REMOVALS, Lull, Records
 
 UPGRADE = "u20261201-120000-abc123"
 RUN = f"{UPGRADE}/upgrade-computes.install.1"
@@ -100,10 +100,10 @@ async def test_a_press_while_it_waits_ends_the_wait_at_its_next_look() -> None:
     assert len(clock.slept) == 3
 
 
-def target() -> HostTarget:
+def target(name: str = "host-1") -> HostTarget:
     # never dialled: the host's helper calls are `Host`'s
     return loopback_target(
-        "host-1", 22, user="ops", key=Path("key"), known_hosts=Path("known"), become="none"
+        name, 22, user="ops", key=Path("key"), known_hosts=Path("known"), become="none"
     )
 
 
@@ -155,6 +155,37 @@ async def test_a_forget_at_the_phases_end_presses_the_removal_under_way() -> Non
     records.forget_soon(target(), UPGRADE, lambda: None)
     assert await asyncio.wait_for(records.forget(target(), UPGRADE), 10) == 0
     assert len(host.calls) == 1  # the background one; then the host is known clean
+
+
+async def test_removals_waited_for_do_not_wait_for_a_place_among_the_background_ones() -> None:
+    """At an upgrade's end `forget` waits for the last batch's removals: they
+    used to go `BACKGROUND_REMOVALS` at a time (50 hosts: 80 ms)."""
+    answer, all_asked = asyncio.Event(), asyncio.Event()
+    asked: list[str] = []
+    count = BACKGROUND_REMOVALS + 4
+
+    async def host(at: HostTarget, command: str) -> tuple[int, str, str]:
+        asked.append(at.name)
+        if len(asked) == count:
+            all_asked.set()
+        await answer.wait()
+        return 0, "0\n", ""
+
+    records = Records(host, error)  # no lull to wait for
+    targets = [target(f"host-{i}") for i in range(count)]
+    for at in targets:
+        run = f"{UPGRADE}/step.1"
+        records.starting(at.name, run)
+        records.returned(at.name, run, supervise.record_path(run))
+        records.forget_soon(at, UPGRADE, lambda: None)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert len(asked) == BACKGROUND_REMOVALS  # in the background: a few at a time
+    forgets = [asyncio.ensure_future(records.forget(at, UPGRADE)) for at in targets]
+    await asyncio.wait_for(all_asked.wait(), 10)  # on the old code: 8 only, and a timeout
+    assert sorted(asked) == sorted(at.name for at in targets)
+    answer.set()
+    assert await asyncio.wait_for(asyncio.gather(*forgets), 10) == [0] * count
 
 
 async def test_an_unexpected_error_in_a_background_removal_is_logged() -> None:

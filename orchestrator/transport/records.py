@@ -15,9 +15,11 @@
   the pool's own commands (`Lull`): housekeeping gives way to the upgrade's
   commands. A batch ends with all its hosts at once, and the next one starts
   its commands at that moment; the removals run while those commands run.
-  A removal does not wait when something waits for it: a run of the same
-  upgrade on the host, a `forget`, or a host waiting for a place under
-  `max_connections`.
+  A removal does not wait for a lull when something waits for it: a run of
+  the same upgrade on the host, a `forget`, or a host waiting for a place
+  under `max_connections`; nor for a place among the background ones when a
+  run or a `forget` waits for it (at the upgrade's end, the last batch's 50
+  hosts took 80 ms eight at a time).
 """
 
 from __future__ import annotations
@@ -96,6 +98,29 @@ class Lull:
                 nudge.cancel()
 
 
+class Places:
+    """At most `limit` background removals at once; one that something waits
+    for goes at once, over the limit (its waiter has a limit of its own)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit, self._taken = limit, 0
+        self._changed = asyncio.Event()
+
+    async def take(self, now: Callable[[], bool]) -> None:
+        while self._taken >= self._limit and not now():
+            self._changed.clear()
+            await self._changed.wait()
+        self._taken += 1
+
+    def give(self) -> None:
+        self._taken -= 1
+        self._changed.set()
+
+    def look_again(self) -> None:
+        """A waiting removal's `now` may say so: it looks again."""
+        self._changed.set()
+
+
 class Records:
     """Which records of which upgrade this pool left on each host."""
 
@@ -103,6 +128,8 @@ class Records:
         self._call, self._error = call, error
         self._lull = lull if lull is not None else Lull(lambda: False, quiet=0)
         self._settling = 0  # runs waiting for a removal (it then does not wait for a lull)
+        # (host, upgrade) -> how many wait for its removal (it takes no place)
+        self._wanted: dict[tuple[str, str], int] = {}
         # per host: (chain, record) of runs whose result was returned
         self._returned: dict[str, list[tuple[str, str]]] = {}
         # (host, upgrade) -> supervised runs started there by this pool
@@ -110,13 +137,14 @@ class Records:
         # (host, upgrade) -> the runs started when its records were last all removed
         self._clean: dict[tuple[str, str], int] = {}
         self._removing: dict[tuple[str, str], asyncio.Task[int | None]] = {}
-        self._background = asyncio.Semaphore(BACKGROUND_REMOVALS)
+        self._places = Places(BACKGROUND_REMOVALS)
 
     async def settle(self, host: str, run_id: str) -> None:
         """Before a run starts: wait for a removal of its upgrade's records on the host."""
-        removing = self._removing.get((host, supervise.upgrade_of(run_id)))
+        key = (host, supervise.upgrade_of(run_id))
+        removing = self._removing.get(key)
         if removing is not None:
-            await self._wait_for(removing)
+            await self._wait_for(key, removing)
 
     def starting(self, host: str, run_id: str) -> tuple[str, ...]:
         """A supervised run starts on `host`: the records to remove with its exec
@@ -137,7 +165,7 @@ class Records:
         key = (target.name, upgrade_id)
         removing = self._removing.get(key)
         if removing is not None:  # at the phase's end: wait for it (it never raises)
-            await self._wait_for(removing)
+            await self._wait_for(key, removing)
         if self._clean.get(key, -1) == self._started.get(key, 0):
             return 0
         return await self._forget(target, upgrade_id)
@@ -153,9 +181,12 @@ class Records:
 
         async def remove() -> int | None:
             try:
-                async with self._background:
+                await self._places.take(lambda: key in self._wanted)
+                try:
                     await self._lull.wait(lambda: self._settling > 0)
                     return await self._forget(target, upgrade_id)
+                finally:
+                    self._places.give()
             except (OrchestratorError, OSError) as exc:
                 _log.warning("run records not removed", host=target.name, error=str(exc))
                 return None
@@ -177,14 +208,20 @@ class Records:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
 
-    async def _wait_for(self, removing: asyncio.Task[int | None]) -> None:
-        """Wait for a removal, which then waits for no lull."""
+    async def _wait_for(self, key: tuple[str, str], removing: asyncio.Task[int | None]) -> None:
+        """Wait for a removal, which then waits for no lull and no place."""
         self._settling += 1
+        self._wanted[key] = self._wanted.get(key, 0) + 1
         self._lull.nudge()
+        self._places.look_again()
         try:
             await asyncio.wait({removing})
         finally:
             self._settling -= 1
+            if (left := self._wanted[key] - 1) > 0:
+                self._wanted[key] = left
+            else:
+                del self._wanted[key]
 
     async def _forget(self, target: HostTarget, upgrade_id: str) -> int:
         host, key = target.name, (target.name, upgrade_id)
