@@ -15,6 +15,7 @@ import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -448,6 +449,36 @@ async def test_records_are_removed_once_the_engine_moved_on(ssh_hosts: SSHHosts)
         assert (await task).ok
         assert await pool.forget_runs("host-1", upgrade) == 0
         assert await pool.forget_runs("host-1", "never-ran") == 0
+    assert not (host_dir / RECORDS).exists()
+
+
+async def test_benchmark_hosts_answer_sleep_and_a_removal_of_nothing_without_a_shell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`builtin_sleep` hosts (the benches' 200 on two cores) fork no shell for
+    a supervised `sleep` nor for removing records that are not there; records
+    that are there go through the real script."""
+    shells: list[str] = []
+    run_in_shell = SSHHosts._run
+
+    async def counted(self: SSHHosts, host: Any, command: str, *args: Any) -> None:
+        shells.append(command)
+        await run_in_shell(self, host, command, *args)
+
+    monkeypatch.setattr(SSHHosts, "_run", counted)
+    upgrade = supervise.upgrade_of(RUN)
+    async with SSHHosts(tmp_path / "hosts", 1, builtin_sleep=True) as hosts:
+        host_dir = hosts.host_dir("host-1")
+        async with SSHPool(hosts.targets()) as pool:
+            assert (await pool.run("host-1", "sleep 0", run_id=RUN)).ok
+            assert await pool.forget_runs("host-1", upgrade) == 0
+            assert shells == []
+            assert len(hosts.commands("host-1")) == 2  # both reached the host
+            # a record of a command that did run in a shell: the script removes it
+            assert (await pool.run("host-1", "echo real", run_id=f"{upgrade}/real.1")).ok
+            assert record_files(host_dir)
+            assert await pool.forget_runs("host-1", upgrade) == 0
+    assert len(shells) == 2  # the wrapper of `echo real`, then the removal
     assert not (host_dir / RECORDS).exists()
 
 

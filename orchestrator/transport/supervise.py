@@ -41,6 +41,8 @@ RUNS_DIR = ".orchestrator/runs"
 MARK = "@@orchestrator-supervise"
 # $0 of the wrapper: what `ps` shows, and what the in-process hosts recognise
 WRAPPER_NAME = "orchestrator-supervise"
+# $0 of the record removal (`forget_command`)
+FORGETTER_NAME = "orchestrator-forget"
 # how much of the output file the wrapper sends back (UTF-8: up to 4 bytes a
 # character, so at least `MAX_OUTPUT_CHARS` of text)
 OUTPUT_TAIL_BYTES = 256 * 1024
@@ -331,7 +333,7 @@ def kill_command(record: str, reason: str, *, sudo: bool) -> str:
 
 
 def forget_command(upgrade: str) -> str:
-    return shlex.join(["sh", "-c", _FORGETTER_SH, "orchestrator-forget", upgrade])
+    return shlex.join(["sh", "-c", _FORGETTER_SH, FORGETTER_NAME, upgrade])
 
 
 @dataclass(frozen=True, slots=True)
