@@ -17,7 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import pytest
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_CHANNEL_EOF, MSG_CHANNEL_SUCCESS
+from asyncssh.packet import SSHPacketLogger
 
 from orchestrator.errors import NotLeaderError, TransportError
 from orchestrator.inventory import SSHSettings
@@ -98,6 +101,37 @@ def command_lines() -> list[str]:
     return lines
 
 
+def client_packets(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str, int]]:
+    """From now on, each SSH packet of a client channel: (channel, "sent" or
+    "received", packet type), in the order asyncssh sent or read them."""
+    seen: list[tuple[int, str, int]] = []
+    sent, received = SSHPacketLogger.log_sent_packet, SSHPacketLogger.log_received_packet
+
+    def log_sent(self: SSHPacketLogger, pkttype: int, *args: object, **kw: object) -> None:
+        if isinstance(self, asyncssh.SSHClientChannel):
+            seen.append((id(self), "sent", pkttype))
+        sent(self, pkttype, *args, **kw)  # type: ignore[arg-type]
+
+    def log_received(self: SSHPacketLogger, pkttype: int, *args: object, **kw: object) -> None:
+        if isinstance(self, asyncssh.SSHClientChannel):
+            seen.append((id(self), "received", pkttype))
+        received(self, pkttype, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SSHPacketLogger, "log_sent_packet", log_sent)
+    monkeypatch.setattr(SSHPacketLogger, "log_received_packet", log_received)
+    return seen
+
+
+def assert_script_before_reply(seen: list[tuple[int, str, int]]) -> None:
+    """The first channel (a wrapper's exec) sent its script and its end before
+    the exec request's reply came back."""
+    wrapper = seen[0][0]
+    mine = [(way, kind) for chan, way, kind in seen if chan == wrapper]
+    reply = mine.index(("received", MSG_CHANNEL_SUCCESS))
+    assert mine.index(("sent", MSG_CHANNEL_DATA)) < reply
+    assert mine.index(("sent", MSG_CHANNEL_EOF)) < reply
+
+
 # --- run ids ----------------------------------------------------------------------
 
 
@@ -154,6 +188,20 @@ async def test_exit_status_output_and_become_as_before(ssh_hosts: SSHHosts) -> N
     assert quiet.ok and quiet.output == ""
     assert stat.S_IMODE((host_dir / RECORDS).stat().st_mode) == 0o700
     assert not any(",in." in name for name in record_files(host_dir))  # scripts removed
+
+
+async def test_the_script_follows_the_exec_request_without_waiting_for_its_reply(
+    ssh_hosts: SSHHosts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command starts one round trip sooner (issue 14): it used to wait
+    for the exec request's reply before its script went. This also checks
+    what `_Wrapper` assumes of asyncssh: should a new release send the exec
+    request later, the script would go after the reply, and this test says so."""
+    seen = client_packets(monkeypatch)
+    async with SSHPool(ssh_hosts.targets()) as pool:
+        result = await pool.run("host-1", "echo started", run_id=RUN)
+    assert result.ok and result.output == "started"
+    assert_script_before_reply(seen)
 
 
 async def test_the_script_is_on_no_command_line(ssh_hosts: SSHHosts) -> None:

@@ -64,16 +64,43 @@ class Run:
 
 
 class _Wrapper(asyncssh.SSHClientSession[str]):
-    """One exec of the wrapper: what it wrote to each stream, and its channel's end.
+    """One exec of the wrapper: its script on stdin, what it wrote to each
+    stream, and its channel's end.
 
     A session of asyncssh's own rather than a process: two streams read to
     their end took two tasks and a stream reader each per exec (at 200 hosts,
-    0.31 -> 0.26 ms of the orchestrator's CPU per exec)."""
+    0.31 -> 0.26 ms of the orchestrator's CPU per exec).
 
-    def __init__(self) -> None:
+    The script follows the exec request at once, without waiting for its
+    reply: SSH keeps a channel's messages in order, so the server has started
+    the command when the script reaches it. asyncssh calls `connection_made`
+    and then, in the same step, sends the exec request and waits for the
+    reply among the channel's request waiters; the script is sent in the next
+    callback of the loop only if that wait is there, else (another asyncssh)
+    once `create_session` returns. Waiting for the reply first kept each
+    command from starting for one more round trip: at 50 hosts at once, 3 to
+    5 ms a step."""
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.sent = False  # the script and its end went with the exec request
         self.output: list[str] = []
         self.errors: list[str] = []
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[str]) -> None:
+        asyncio.get_running_loop().call_soon(self._follow_the_request, chan)
+
+    def _follow_the_request(self, chan: asyncssh.SSHClientChannel[str]) -> None:
+        if self.sent or chan.is_closing() or not getattr(chan, "_request_waiters", None):
+            return
+        self.send(chan)
+
+    def send(self, chan: asyncssh.SSHClientChannel[str]) -> None:
+        if not self.sent:
+            self.sent = True
+            chan.write(self.script)
+            chan.write_eof()
 
     def data_received(self, data: str, datatype: asyncssh.DataType) -> None:
         (self.errors if datatype == asyncssh.EXTENDED_DATA_STDERR else self.output).append(data)
@@ -122,7 +149,7 @@ class Follower:
         async with self._lease(target) as conn:
             was_sent, run.sent = run.sent, True  # the exec may reach the host from here on
             run.attempts += 1
-            session = _Wrapper()
+            session = _Wrapper(run.script)
             try:
                 channel, _ = await conn.create_session(
                     lambda: session, run.command, encoding="utf-8", errors="replace"
@@ -138,8 +165,7 @@ class Follower:
             except (asyncssh.Error, OSError) as exc:
                 raise self._detached(target.name, run, describe(exc)) from None
             try:
-                channel.write(run.script)
-                channel.write_eof()
+                session.send(channel)  # unless it went with the exec request
                 await session.closed
             except (asyncssh.Error, OSError) as exc:
                 raise self._detached(target.name, run, describe(exc)) from None

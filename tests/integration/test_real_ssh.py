@@ -20,7 +20,11 @@ from orchestrator.errors import HostKeyError
 from orchestrator.transport.ssh import SSHPool
 from tests.integration.conftest import MakeSSHHosts
 from tests.integration.servers import INSTALL_HINT
-from tests.test_transport_supervised import command_lines
+from tests.test_transport_supervised import (
+    assert_script_before_reply,
+    client_packets,
+    command_lines,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -173,6 +177,21 @@ async def test_supervised_command_reports_as_before(real_sshd_hosts: MakeSSHHost
     assert result.output.splitlines() == [str(directory), "oops"]
     assert (again.exit_status, again.output) == (3, result.output)  # recorded, not re-run
     assert not (directory / "again").exists()
+
+
+async def test_sshd_takes_a_script_sent_before_its_exec_reply(
+    real_sshd_hosts: MakeSSHHosts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wrapper's script follows the exec request at once (issue 14): sshd
+    has started the command when it reads it, whatever the script's size."""
+    hosts = await real_sshd_hosts(["host-1"])
+    seen = client_packets(monkeypatch)
+    padding = "#" + "x" * 199 + "\n"
+    script = padding * 500 + "echo done"  # 100 KB: several packets, beyond one window
+    async with SSHPool(hosts.targets()) as pool:
+        result = await pool.run("host-1", script, run_id="u20261201-120000-abc123/big.1")
+    assert result.ok and result.output == "done"
+    assert_script_before_reply(seen)
 
 
 async def test_supervised_command_outlives_its_killed_sshd_session(
