@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -517,6 +518,97 @@ async def test_a_second_upgrade_of_the_same_hosts_is_refused_whatever_their_name
         assert {holder for holder, _ in (await journal.leases()).values()} == {second.id}
         await manager.control(second.id, "rollback")
         assert await manager.wait(second.id, timeout=20) is UpgradeState.ROLLED_BACK
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+# --- one commit between two commands -----------------------------------------
+
+TWO_STEPS = """
+name: two-steps
+phases:
+  - name: roll
+    rolling: app
+    batch: 1
+    health: false
+    verify_version: false
+    steps:
+      - {{run: "i=0; while [ ! -e release ] && [ $i -lt 3000 ]; do sleep 0.02; i=$((i+1)); done",
+         idempotent: true}}
+      - {{run: "echo two >> runs.log", idempotent: true}}
+"""
+
+
+async def test_a_steps_end_and_the_next_steps_start_are_one_commit(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between two commands on a host the journal used to commit twice (the
+    end, then the start): one commit's round trip is gone (issue 14)."""
+    hosts = await make_ssh_hosts(2)
+    seed(hosts)
+    for name in hosts.names:
+        (hosts.host_dir(name) / "release").touch()
+    plan = make_plan(hosts, playbook=TWO_STEPS, drain=False)
+    journal, manager = await open_manager(tmp_path / "j.db")
+    commits: list[list[tuple[str, str, str]]] = []  # per call: (host, step, state)
+    append_all = journal.append_all
+
+    async def recording(upgrade_id: str, items: Any, *, release: bool = False) -> list[Any]:
+        commits.append([(d["host"], d["step"], d["state"]) for kind, d in items if kind == "step"])
+        return await append_all(upgrade_id, items, release=release)
+
+    monkeypatch.setattr(journal, "append_all", recording)
+    try:
+        up, _ = await manager.submit(plan)
+        assert await manager.wait(up.id, timeout=30) is UpgradeState.SUCCEEDED
+        ids = {hp.host: [s.id for s in hp.steps] for b in plan.phases[0].batches for hp in b.hosts}
+        steps = [e.data for e in await journal.events(up.id) if e.kind == "step"]
+        for name in hosts.names:
+            first, second = ids[name]
+            assert [(name, first, "done"), (name, second, "running")] in commits
+            # in the journal the end still comes before the start
+            mine = [(d["step"], d["state"]) for d in steps if d["host"] == name]
+            assert mine == [
+                (first, "running"),
+                (first, "done"),
+                (second, "running"),
+                (second, "done"),
+            ]
+    finally:
+        await manager.close()
+        await journal.close()
+
+
+async def test_a_pause_between_steps_journals_the_last_steps_end_before_it_waits(
+    make_ssh_hosts: MakeSSHHosts, tmp_path: Path
+) -> None:
+    """A step's end waits for the host's next event; when that is a pause, it
+    is journaled alone: the status shows the step done while the upgrade waits."""
+    hosts = await make_ssh_hosts(1)
+    seed(hosts)
+    plan = make_plan(hosts, playbook=TWO_STEPS, drain=False)
+    first, second = (step.id for step in plan.phases[0].batches[0].hosts[0].steps)
+    journal, manager = await open_manager(tmp_path / "j.db")
+    try:
+        up, _ = await manager.submit(plan)
+
+        def step(name: str) -> StepState | None:
+            phase = up.view.phases.get("roll")
+            host = None if phase is None else phase.hosts.get(hosts.names[0])
+            view = None if host is None else host.steps.get(name)
+            return None if view is None else view.state
+
+        await _until(lambda: step(first) is StepState.RUNNING)
+        await manager.control(up.id, "pause")
+        (hosts.host_dir(hosts.names[0]) / "release").touch()
+        await _until(lambda: step(first) is StepState.DONE)
+        journaled = [e.data for e in await journal.events(up.id) if e.kind == "step"]
+        assert (journaled[-1]["step"], journaled[-1]["state"]) == (first, "done")
+        assert up.view.state is UpgradeState.PAUSED and step(second) is None
+        await manager.control(up.id, "resume")
+        assert await manager.wait(up.id, timeout=30) is UpgradeState.SUCCEEDED
+        assert host_state(hosts, hosts.names[0])["runs"] == ["two"]
     finally:
         await manager.close()
         await journal.close()

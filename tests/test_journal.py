@@ -93,6 +93,32 @@ async def test_non_json_data_is_refused_before_queueing(journal: Journal) -> Non
     assert (await journal.append("u1", "x", {})).seq == 1
 
 
+async def test_append_all_writes_events_in_order_in_one_commit_or_none(
+    journal: Journal,
+) -> None:
+    """A host's step that ends and the next that starts go as one commit."""
+    await make(journal, "u1")
+    await journal.append("u1", "x", {})
+    commits = journal.stats.commits
+    ended, started = await journal.append_all(
+        "u1", [("step", {"state": "done"}), ("step", {"state": "running"})]
+    )
+    assert journal.stats.commits == commits + 1
+    assert (ended.seq, ended.data, started.seq, started.data) == (
+        2,
+        {"state": "done"},
+        3,
+        {"state": "running"},
+    )
+    assert await journal.events("u1", after=1) == [ended, started]
+    # one bad event: none of them is queued
+    with pytest.raises(ValueError, match="JSON"):
+        await journal.append_all("u1", [("x", {"ok": 1}), ("x", {"bad": float("nan")})])
+    with pytest.raises(NotFoundError):
+        await journal.append_all("nope", [("x", {}), ("x", {})])
+    assert [e.seq for e in await journal.events("u1")] == [1, 2, 3]
+
+
 async def test_seq_gapless_under_concurrency_and_commits_grouped(journal: Journal) -> None:
     ids = ["a", "b", "c"]
     for uid in ids:

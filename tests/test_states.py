@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
 from typing import Any, cast
 
@@ -83,14 +83,27 @@ class FakeEngine:
         self.live_health: dict[tuple[str, str], HealthProgress] = {}
         self.live_changes = 0
 
-    async def record(self, event: events.JournalEvent) -> None:
-        self.recorded.append(event)
-        self.view.apply(Event("u1", len(self.recorded), 0.0, event.KIND, event.to_data()))
+    async def record(
+        self, event: events.JournalEvent, *, before: Sequence[events.JournalEvent] = ()
+    ) -> None:
+        for one in [*before, event]:
+            self.recorded.append(one)
+            self.view.apply(Event("u1", len(self.recorded), 0.0, one.KIND, one.to_data()))
 
     async def set_host(
-        self, phase: str, host: str, state: HostState, error: str | None = None
+        self,
+        phase: str,
+        host: str,
+        state: HostState,
+        error: str | None = None,
+        *,
+        before: Sequence[events.JournalEvent] = (),
     ) -> None:
-        await self.record(events.HostStateChanged(phase=phase, host=host, state=state.value))
+        changed = events.HostStateChanged(phase=phase, host=host, state=state.value)
+        await self.record(changed, before=before)
+
+    def going_on(self) -> bool:
+        return True
 
     async def checkpoint(self) -> None:
         return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -59,11 +59,21 @@ class HostEngine(Protocol):
     live_health: dict[tuple[str, str], HealthProgress]
     live_changes: int
 
-    async def record(self, event: events.JournalEvent) -> None: ...
+    async def record(
+        self, event: events.JournalEvent, *, before: Sequence[events.JournalEvent] = ()
+    ) -> None: ...
 
     async def set_host(
-        self, phase: str, host: str, state: HostState, error: str | None = None
+        self,
+        phase: str,
+        host: str,
+        state: HostState,
+        error: str | None = None,
+        *,
+        before: Sequence[events.JournalEvent] = (),
     ) -> None: ...
+
+    def going_on(self) -> bool: ...
 
     async def checkpoint(self) -> None: ...
 
@@ -90,25 +100,46 @@ class HostRunner:
         self.plan = plan
         self.view = engine.view.phase(phase.name).host(plan.host)
         self._cleanup_ids = frozenset(step.id for step in plan.cleanup)
+        # a run step's end, journaled in one commit with what the host does
+        # next (the next step's start, its health check, its end): one commit
+        # between two commands instead of two. Nothing happens on the host
+        # before it is on disk; `flush` writes it alone.
+        self._ended: list[events.JournalEvent] = []
 
     @property
     def name(self) -> str:
         return self.plan.host
 
     async def set(self, state: HostState, error: str | None = None) -> None:
-        await self.engine.set_host(self.phase.name, self.name, state, error)
+        await self.engine.set_host(self.phase.name, self.name, state, error, before=self._take())
 
-    async def step_event(self, step: str, state: StepState, **fields: Any) -> None:
-        """Journal a step's change of state, checked against its table first."""
+    def _take(self) -> list[events.JournalEvent]:
+        ended, self._ended = self._ended, []
+        return ended
+
+    async def flush(self) -> None:
+        """Journal a step's end still waiting for the host's next event."""
+        if ended := self._take():
+            await self.engine.record(ended[-1], before=ended[:-1])
+
+    def _step_change(self, step: str, state: StepState, fields: dict[str, Any]) -> events.Step:
+        """A step's change of state, checked against its table."""
         view = self.view.steps.get(step)
         current = StepState.PENDING if view is None else view.state
         table = CLEANUP_TRANSITIONS if step in self._cleanup_ids else STEP_TRANSITIONS
         check_transition(table, f"step {step} on {self.name}", current, state)
-        await self.engine.record(
-            events.Step(
-                phase=self.phase.name, host=self.name, step=step, state=state.value, **fields
-            )
+        return events.Step(
+            phase=self.phase.name, host=self.name, step=step, state=state.value, **fields
         )
+
+    async def step_event(self, step: str, state: StepState, **fields: Any) -> None:
+        """Journal a step's change of state, checked against its table first."""
+        event = self._step_change(step, state, fields)
+        await self.engine.record(event, before=self._take())
+
+    def step_ended(self, step: str, state: StepState, **fields: Any) -> None:
+        """A run step's end: journaled with the host's next event (`_ended`)."""
+        self._ended.append(self._step_change(step, state, fields))
 
     async def drain_event(
         self, action: str, stage: str, index: int, detail: str | None = None
@@ -121,7 +152,8 @@ class HostRunner:
                 stage=stage,
                 index=index,
                 detail=detail,
-            )
+            ),
+            before=self._take(),
         )
 
     async def run(self) -> bool | None:
@@ -158,6 +190,7 @@ class HostRunner:
                 await self._fail(str(exc), keep_drained=True)
                 return False
             finally:
+                await self.flush()
                 await self._cleanup()
                 if isinstance(self.engine.remote, HoldsConnections):
                     # done with it in this phase: its connection need not stay
@@ -178,6 +211,8 @@ class HostRunner:
             await self.set(HostState.UPGRADING)
         if view.state is HostState.UPGRADING:
             for step in self.plan.steps:
+                if self._ended and not engine.going_on():
+                    await self.flush()  # the last step's end first: the checkpoint waits or stops
                 await engine.checkpoint()
                 await self._step(step)
             if self.plan.health is not None or self.plan.version is not None:
@@ -221,7 +256,10 @@ class HostRunner:
             engine.live_health.pop(key, None)
             engine.live_changes += 1
         await engine.record(
-            events.Health(phase=self.phase.name, host=self.name, ok=result.ok, detail=result.detail)
+            events.Health(
+                phase=self.phase.name, host=self.name, ok=result.ok, detail=result.detail
+            ),
+            before=self._take(),
         )
         if not result.ok:
             raise StepFailed(self.name, "health", result.detail)
@@ -232,6 +270,8 @@ class HostRunner:
             return
         with structlog.contextvars.bound_contextvars(step=step.id):
             in_flight = view is not None and view.state is StepState.RUNNING
+            if in_flight:
+                await self.flush()  # a run found again: nothing before it may wait
             run_id = view.run_id if view is not None and in_flight else None
             # its supervisor knows how it ended, or that it never started
             if run_id is not None and await self._follow(step, run_id):
@@ -300,6 +340,7 @@ class HostRunner:
     async def _execute(self, step: model.Step) -> None:
         engine, action = self.engine, step.action
         if isinstance(action, model.ConfigAction):
+            await self.flush()  # it reads the host before its start is journaled
             view = self.view.steps.get(step.id)
             if view is not None and view.had_previous:
                 previous = view.previous
@@ -337,9 +378,10 @@ class HostRunner:
         await self._judge(step, outcome)
 
     async def _judge(self, step: model.Step, outcome: RunOutcome) -> None:
-        """Journal how a run step ended; StepFailed when it failed."""
+        """Journal how a run step ended (a success with the host's next event);
+        StepFailed when it failed."""
         if outcome.ok:
-            await self.step_event(
+            self.step_ended(
                 step.id, StepState.DONE, exit=outcome.exit_status, output=outcome.output
             )
             return

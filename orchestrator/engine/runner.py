@@ -9,7 +9,7 @@ against the transition tables in `states` and written to the journal first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -51,9 +51,13 @@ U = UpgradeState
 class EventSink(Protocol):
     """The journal, as the engine sees it."""
 
-    async def append(
-        self, upgrade_id: str, kind: str, data: dict[str, Any], *, release: bool = False
-    ) -> Any: ...
+    async def append_all(
+        self,
+        upgrade_id: str,
+        items: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        release: bool = False,
+    ) -> list[Any]: ...
 
 
 class Engine:
@@ -102,16 +106,28 @@ class Engine:
 
     # --- journal and state ---------------------------------------------------
 
-    async def record(self, event: events.JournalEvent, *, release: bool = False) -> None:
-        """Journal an event and fold it in; `release` ends the host leases with it.
+    async def record(
+        self,
+        event: events.JournalEvent,
+        *,
+        release: bool = False,
+        before: Sequence[events.JournalEvent] = (),
+    ) -> None:
+        """Journal an event and fold it in; `release` ends the host leases with it;
+        `before`: events that go first in the same commit (a host's step that
+        ended, with the next one's start).
 
         Nothing happens on a host before the event announcing it is on disk,
         so while the journal cannot write (retried by `journal_policy`) the
         upgrade stalls here: visible in the status, the event stream and
         /healthz, until the operator, space freed, resumes it."""
-        stored = await self._append(event.KIND, event.to_data(), release)
+        batch = [*before, event]
+        stored = await self._append([(e.KIND, e.to_data()) for e in batch], release)
         first = self.view.first_failure
-        self.view.apply(stored, event)
+        for one, journaled in zip(batch, stored, strict=True):
+            self.view.apply(journaled, one)
+            if self.on_event is not None:
+                self.on_event(journaled)
         if first is None and (failure := self.view.first_failure) is not None:
             log.warning(  # the cause, once, however much rollback follows
                 "first failure",
@@ -122,13 +138,11 @@ class Engine:
                 message=failure.message,
                 output=failure.output,
             )
-        if self.on_event is not None:
-            self.on_event(stored)
         self._changed.set()
 
-    async def _append(self, kind: str, data: dict[str, Any], release: bool) -> Any:
-        def write() -> Awaitable[Any]:
-            return self.journal.append(self.id, kind, data, release=release)
+    async def _append(self, items: list[tuple[str, dict[str, Any]]], release: bool) -> list[Any]:
+        def write() -> Awaitable[list[Any]]:
+            return self.journal.append_all(self.id, items, release=release)
 
         try:
             return await write()  # the common case, without the retry machinery
@@ -190,14 +204,23 @@ class Engine:
         )
 
     async def set_host(
-        self, phase: str, host: str, state: HostState, error: str | None = None
+        self,
+        phase: str,
+        host: str,
+        state: HostState,
+        error: str | None = None,
+        *,
+        before: Sequence[events.JournalEvent] = (),
     ) -> None:
         current = self.view.phase(phase).host(host).state
         if current is state:
+            if before:
+                await self.record(before[-1], before=before[:-1])
             return
         check_transition(HOST_TRANSITIONS, f"host {host} in {phase}", current, state)
         await self.record(
-            events.HostStateChanged(phase=phase, host=host, state=state.value, error=error)
+            events.HostStateChanged(phase=phase, host=host, state=state.value, error=error),
+            before=before,
         )
 
     # --- metrics hooks (read by the daemon) -----------------------------------
@@ -210,15 +233,23 @@ class Engine:
 
     # --- control ---------------------------------------------------------------
 
+    def going_on(self) -> bool:
+        """Would a checkpoint now return at once (no stop, abort, rollback or pause)?"""
+        return not (
+            self._suspend
+            or self._abort_level
+            or self._rollback
+            or self._pausing
+            or self.view.state in (U.PAUSED, U.WAITING_APPROVAL)
+        )
+
     async def checkpoint(self) -> None:
         """Between steps: stop when aborting or rolling back, wait while paused."""
-        while True:
+        while not self.going_on():
             if self._suspend:
                 raise Suspend()
             if self._abort_level or self._rollback:
                 raise Stop()
-            if not self._pausing and self.view.state not in (U.PAUSED, U.WAITING_APPROVAL):
-                return
             self._changed.clear()
             await self._changed.wait()
 

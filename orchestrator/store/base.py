@@ -12,7 +12,7 @@ one commit (group commit).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,6 +88,17 @@ class Store(Protocol):
     ) -> Event:
         """Journal one event; returns it (with its seq) once it is durable.
         `release`: the event ends the upgrade, and its host leases end with it."""
+        ...
+
+    async def append_all(
+        self,
+        upgrade_id: str,
+        items: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        release: bool = False,
+    ) -> list[Event]:
+        """Journal (kind, data) events in order in one commit: all of them or
+        none. A host's step that ends and its next that starts are one commit."""
         ...
 
     async def lease(self, upgrade_id: str, endpoints: Mapping[str, str]) -> None:

@@ -23,7 +23,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +40,8 @@ from orchestrator.store.requests import (
     Outcome,
     Remember,
     Request,
+    append_request,
+    sequence,
     settle,
     to_json,
 )
@@ -178,10 +180,20 @@ class Journal:
     ) -> Event:
         """Journal one event; returns it (with its seq) once it is on disk.
         `release`: the event ends the upgrade, and its host leases end with it."""
-        text = to_json(data)
-        future: asyncio.Future[Event] = self._loop.create_future()
-        # the returned data is the JSON round trip, exactly what a re-read yields
-        self._submit(Append(upgrade_id, kind, json.loads(text), text, future, release))
+        [event] = await self.append_all(upgrade_id, [(kind, data)], release=release)
+        return event
+
+    async def append_all(
+        self,
+        upgrade_id: str,
+        items: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        release: bool = False,
+    ) -> list[Event]:
+        """Journal (kind, data) events in order in one commit, all or none;
+        returns them once they are on disk."""
+        future: asyncio.Future[list[Event]] = self._loop.create_future()
+        self._submit(append_request(upgrade_id, items, future, release))
         return await future
 
     async def lease(self, upgrade_id: str, endpoints: Mapping[str, str]) -> None:
@@ -385,13 +397,16 @@ class Journal:
                         missing = NotFoundError(f"no upgrade {req.upgrade_id!r}")
                         outcomes.append((req.future, None, missing))
                         continue
-                    event = Event(req.upgrade_id, last + 1, time.time(), req.kind, req.data)
+                    stored = sequence(req, last, time.time())
                     if req.release:
                         conn.execute("DELETE FROM leases WHERE upgrade_id = ?", (req.upgrade_id,))
-                    seqs[req.upgrade_id] = event.seq
-                    rows.append((event.upgrade_id, event.seq, event.at, event.kind, req.text))
-                    events.append(event)
-                    outcomes.append((req.future, event, None))
+                    seqs[req.upgrade_id] = stored[-1].seq if stored else last
+                    rows += [
+                        (e.upgrade_id, e.seq, e.at, e.kind, text)
+                        for e, (_, _, text) in zip(stored, req.events, strict=True)
+                    ]
+                    events += stored
+                    outcomes.append((req.future, stored, None))
                 else:
                     result, error = _apply(conn, req, last)
                     if isinstance(req, Create) and error is None:

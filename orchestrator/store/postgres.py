@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -51,6 +51,8 @@ from orchestrator.store.requests import (
     Outcome,
     Remember,
     Request,
+    append_request,
+    sequence,
     settle,
     to_json,
 )
@@ -189,9 +191,18 @@ class PostgresJournal:
     async def append(
         self, upgrade_id: str, kind: str, data: Mapping[str, Any], *, release: bool = False
     ) -> Event:
-        text = to_json(data)
-        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._submit(Append(upgrade_id, kind, json.loads(text), text, future, release))
+        [event] = await self.append_all(upgrade_id, [(kind, data)], release=release)
+        return event
+
+    async def append_all(
+        self,
+        upgrade_id: str,
+        items: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        release: bool = False,
+    ) -> list[Event]:
+        future: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
+        self._submit(append_request(upgrade_id, items, future, release))
         return await future
 
     async def lease(self, upgrade_id: str, endpoints: Mapping[str, str]) -> None:
@@ -264,15 +275,18 @@ class PostgresJournal:
                             missing = NotFoundError(f"no upgrade {req.upgrade_id!r}")
                             outcomes.append((req.future, None, missing))
                             continue
-                        event = Event(req.upgrade_id, last + 1, time.time(), req.kind, req.data)
+                        stored = sequence(req, last, time.time())
                         if req.release:
                             await cur.execute(
                                 "DELETE FROM leases WHERE upgrade_id = %s", (req.upgrade_id,)
                             )
-                        seqs[req.upgrade_id] = event.seq
-                        rows.append((*event_row(event, req.text), epoch))
-                        events.append(event)
-                        outcomes.append((req.future, event, None))
+                        seqs[req.upgrade_id] = stored[-1].seq if stored else last
+                        rows += [
+                            (*event_row(e, text), epoch)
+                            for e, (_, _, text) in zip(stored, req.events, strict=True)
+                        ]
+                        events += stored
+                        outcomes.append((req.future, stored, None))
                     else:
                         result, error = await apply(cur, req, last, epoch)
                         if isinstance(req, Create) and error is None:

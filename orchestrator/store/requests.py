@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,12 +14,35 @@ from orchestrator.store.base import Event
 
 @dataclass(slots=True)
 class Append:
+    """Events of one upgrade, in order, in one commit: all of them or none."""
+
     upgrade_id: str
-    kind: str
-    data: dict[str, Any]
-    text: str
-    future: asyncio.Future[Event]
+    events: list[tuple[str, dict[str, Any], str]]  # (kind, data, its JSON text)
+    future: asyncio.Future[list[Event]]
     release: bool = False  # the upgrade's end: its host leases go in the same commit
+
+
+def append_request(
+    upgrade_id: str,
+    items: Sequence[tuple[str, Mapping[str, Any]]],
+    future: asyncio.Future[list[Event]],
+    release: bool,
+) -> Append:
+    """The request for `items`; each event's data is its JSON round trip,
+    exactly what a re-read yields."""
+    events = []
+    for kind, data in items:
+        text = to_json(data)
+        events.append((kind, json.loads(text), text))
+    return Append(upgrade_id, events, future, release)
+
+
+def sequence(append: Append, last: int, now: float) -> list[Event]:
+    """`append`'s events, numbered from `last + 1`."""
+    return [
+        Event(append.upgrade_id, last + index, now, kind, data)
+        for index, (kind, data, _) in enumerate(append.events, start=1)
+    ]
 
 
 @dataclass(slots=True)

@@ -75,6 +75,20 @@ async def test_round_trip_and_group_commit(journal: PostgresJournal) -> None:
     assert await journal.lookup_key("k") == "u1"
 
 
+async def test_append_all_is_one_commit_in_order(journal: PostgresJournal) -> None:
+    await create(journal, "u1")
+    commits = journal.stats.commits
+    ended, started = await journal.append_all(
+        "u1", [("step", {"state": "done"}), ("step", {"state": "running"})]
+    )
+    assert journal.stats.commits == commits + 1
+    assert (ended.seq, started.seq) == (1, 2)
+    assert await journal.events("u1") == [ended, started]
+    with pytest.raises(ValueError, match="JSON"):
+        await journal.append_all("u1", [("x", {}), ("x", {"bad": float("nan")})])
+    assert [e.seq for e in await journal.events("u1")] == [1, 2]
+
+
 async def test_the_database_refuses_edits_gaps_and_stale_epochs(
     journal: PostgresJournal, pg_url: str
 ) -> None:
