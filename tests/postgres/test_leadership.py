@@ -109,6 +109,10 @@ async def test_a_standby_takes_over_when_the_lease_expires(
     died = loop.time()
     await until(lambda: b.leadership.leading)
     waited = loop.time() - died
+    # it leads from the moment it holds the lease; its takeover (`on_elected`)
+    # follows once it has read the lease back: waiting for `leading` alone
+    # failed in CI (elected still [])
+    await until(lambda: bool(b.elected))
     assert b.elected == [2], "a takeover raises the epoch"
     assert waited >= FAST.lease - FAST.renew - 0.05, "not before the lease could have expired"
     assert epoch_in_store(pg_url) == 2
