@@ -49,7 +49,7 @@ OUTPUT_TAIL_BYTES = 256 * 1024
 # a repeat of a command (`repeat_while_exit`) is the same chain: RUN~2, RUN~3
 REPEAT_SEPARATOR = "~"
 _MAX_PART = 200
-_SAFE = re.compile(r"[A-Za-z0-9_.-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 # The scripts share these. `gone PID`: it no longer runs, or is a zombie
 # nobody reaped (a container's init may not). `ending`: print the output tail
@@ -247,13 +247,13 @@ _WRAPPER_SH = _script(_WRAPPER)
 _SUPERVISOR_SH = _script(_SUPERVISOR)
 _KILLER_SH = _script(_KILLER)
 _FORGETTER_SH = _script(_FORGETTER)
+# the start of every `start_command`, quoted once (it is the same 5 KB each time)
+_START = shlex.join(["sh", "-c", _WRAPPER_SH, WRAPPER_NAME, _SUPERVISOR_SH])
 
 
 def _escape(part: str) -> str:
     """One path component that cannot climb out or collide: %XX for anything unusual."""
-    escaped = "".join(
-        c if _SAFE.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in part
-    )
+    escaped = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m[0].encode()), part)
     if escaped.startswith("."):
         escaped = "%2E" + escaped[1:]
     return escaped
@@ -311,19 +311,7 @@ def start_command(record: str, size: int, *, sudo: bool, forget: tuple[str, ...]
 
     `forget`: records (`record_path`) to remove first: their results were returned.
     """
-    return shlex.join(
-        [
-            "sh",
-            "-c",
-            _WRAPPER_SH,
-            WRAPPER_NAME,
-            _SUPERVISOR_SH,
-            record,
-            str(size),
-            "sudo" if sudo else "",
-            *forget,
-        ]
-    )
+    return _START + " " + shlex.join([record, str(size), "sudo" if sudo else "", *forget])
 
 
 def kill_command(record: str, reason: str, *, sudo: bool) -> str:
