@@ -15,9 +15,12 @@ round moved its ratio by 1 to 2 %.
 
 In the same run, against the same hosts, it runs a bare asyncssh loop of the
 same shape: the plan's batches one after the other, in each batch every host
-at once (`asyncio.gather`), one connection per host (the pool's key exchange
-and ciphers), the same `sleep` commands one after the other. Its wall time is
-what the transport itself costs on this machine today. The upgrade runs
+at once (`asyncio.gather`), one connection per host with the pool's
+connection options (`Dialer.options`: key exchange, ciphers, and the
+keepalives with which the pool finds a half-open connection within 15 s;
+`--bare-without-keepalives` leaves those out), the same `sleep` commands
+one after the other. Its wall time is what the transport itself costs on
+this machine today. The upgrade runs
 `--rounds` times (default 3), each between two bare loops; each is compared
 with the mean of the two around it (on a shared machine the load drifts), and
 the round with the median ratio is the one reported.
@@ -31,7 +34,8 @@ the orchestrator's own). Figures also as `figure NAME VALUE UNIT TARGET`
 lines for `make bench` (bench/figures.py).
 
     .venv/bin/python -m bench.overhead [--hosts 200] [--steps 5] [--sleep 0.2]
-        [--rounds 3] [--server-processes 1] [--no-ssh] [--profile FILE]
+        [--rounds 3] [--server-processes 1] [--no-ssh] [--bare-without-keepalives]
+        [--profile FILE]
 
 It also breaks the time down from the journal's timestamps: per step, the
 time beyond the sleep (SSH session, exit, journal commit) and the gap
@@ -69,7 +73,7 @@ from orchestrator.plan import Options, compile_plan
 from orchestrator.playbook import parse_playbook_text
 from orchestrator.secrets import SecretStore
 from orchestrator.store.journal import Event, Journal
-from orchestrator.transport.dial import CIPHER_PREFERENCE, KEX_PREFERENCE
+from orchestrator.transport.dial import Dialer
 from orchestrator.transport.ssh import CommandResult, SSHPool
 from tests.farm import Farm, ssh_farm
 
@@ -123,31 +127,25 @@ class Timing:
     beyond: tuple[float, ...] = ()  # per command, the time beyond its sleep
 
 
-async def bare_loop(plan: Plan, steps: int, sleep: float) -> Timing:
+async def bare_loop(plan: Plan, steps: int, sleep: float, *, keepalives: bool = True) -> Timing:
     """The transport alone, in the upgrade's shape: batch after batch, every host
-    of a batch at once on its own connection, its `sleep` commands in turn."""
-    options: dict[tuple[str, str], asyncssh.SSHClientConnectionOptions] = {}
+    of a batch at once on its own connection, its `sleep` commands in turn.
+    Each connection has the pool's options (`Dialer.options`: its key
+    exchange, ciphers and keepalives); without `keepalives`, none."""
+    dialer = Dialer()
+    options: dict[str, asyncssh.SSHClientConnectionOptions] = {}
     for target in plan.hosts:
-        assert target.key is not None and target.known_hosts is not None
-        key = (target.key, target.known_hosts)
-        if key not in options:
-            options[key] = asyncssh.SSHClientConnectionOptions(
-                username=target.user,
-                client_keys=[asyncssh.read_private_key(target.key)],
-                known_hosts=asyncssh.read_known_hosts(target.known_hosts),
-                agent_path=None,
-                config=[],
-                kex_algs=KEX_PREFERENCE,
-                encryption_algs=CIPHER_PREFERENCE,
+        options[target.name] = dialer.options(target, f"{target.address}:{target.port}")
+        if not keepalives:
+            options[target.name] = asyncssh.SSHClientConnectionOptions(
+                options[target.name], keepalive_interval=0
             )
     targets = {target.name: target for target in plan.hosts}
     beyond: list[float] = []
 
     async def host(name: str) -> None:
         target = targets[name]
-        assert target.key is not None and target.known_hosts is not None
-        conn_options = options[(target.key, target.known_hosts)]
-        async with asyncssh.connect(target.address, target.port, options=conn_options) as conn:
+        async with asyncssh.connect(target.address, target.port, options=options[name]) as conn:
             for _ in range(steps):
                 began = time.perf_counter()
                 await conn.run(f"sleep {sleep}", check=True)
@@ -281,7 +279,14 @@ async def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="write a cProfile of the first upgrade here (pstats format)"
     )
+    parser.add_argument(
+        "--bare-without-keepalives",
+        action="store_true",
+        help="the bare loop's connections send no keepalives (the pool's do: it must find "
+        "a half-open connection within 15 s)",
+    )
     args = parser.parse_args()
+    keep = not args.bare_without_keepalives
 
     logs.configure("json", level="error")
     profile = cProfile.Profile() if args.profile else None
@@ -296,10 +301,10 @@ async def main() -> None:
             try:
                 for index in range(args.rounds):
                     if not args.no_ssh:
-                        bare.append(await bare_loop(plan, args.steps, args.sleep))
+                        bare.append(await bare_loop(plan, args.steps, args.sleep, keepalives=keep))
                     runs.append(await upgrade(args, plan, journal, profile if index == 0 else None))
                 if not args.no_ssh:
-                    bare.append(await bare_loop(plan, args.steps, args.sleep))
+                    bare.append(await bare_loop(plan, args.steps, args.sleep, keepalives=keep))
             finally:
                 await collector.stop()
                 await journal.close()
