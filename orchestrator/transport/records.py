@@ -127,8 +127,8 @@ class Records:
     def __init__(self, call: Call, error: MakeError, lull: Lull | None = None) -> None:
         self._call, self._error = call, error
         self._lull = lull if lull is not None else Lull(lambda: False, quiet=0)
-        self._settling = 0  # runs waiting for a removal (it then does not wait for a lull)
-        # (host, upgrade) -> how many wait for its removal (it takes no place)
+        # (host, upgrade) -> how many runs or forgets wait for its removal: it
+        # takes no place, and while any waits no removal waits for a lull
         self._wanted: dict[tuple[str, str], int] = {}
         # per host: (chain, record) of runs whose result was returned
         self._returned: dict[str, list[tuple[str, str]]] = {}
@@ -183,7 +183,7 @@ class Records:
             try:
                 await self._places.take(lambda: key in self._wanted)
                 try:
-                    await self._lull.wait(lambda: self._settling > 0)
+                    await self._lull.wait(lambda: bool(self._wanted))
                     return await self._forget(target, upgrade_id)
                 finally:
                     self._places.give()
@@ -210,14 +210,12 @@ class Records:
 
     async def _wait_for(self, key: tuple[str, str], removing: asyncio.Task[int | None]) -> None:
         """Wait for a removal, which then waits for no lull and no place."""
-        self._settling += 1
         self._wanted[key] = self._wanted.get(key, 0) + 1
         self._lull.nudge()
         self._places.look_again()
         try:
             await asyncio.wait({removing})
         finally:
-            self._settling -= 1
             if (left := self._wanted[key] - 1) > 0:
                 self._wanted[key] = left
             else:
