@@ -228,6 +228,16 @@ class PermanentTransportError(Exception):
         self.error = error
 
 
+class AgentLost(Exception):
+    """Inside the transport: a host's agent went away, or said something that
+    is not a reply, before its reply; the pool follows the run's record."""
+
+
+class AgentRefused(Exception):
+    """Inside the transport: the host's agent cannot work there and read no
+    request; the run execs the wrapper instead."""
+
+
 class Stop(Exception):
     """Raised at a checkpoint when the upgrade is aborting or rolling back."""
 

@@ -27,7 +27,7 @@ from orchestrator.inventory import SSHSettings
 from orchestrator.secrets import SecretStore
 from orchestrator.transport import supervise
 from orchestrator.transport.ssh import KEEPALIVE_COUNT_MAX, SSHPool
-from orchestrator.transport.supervise import chain, record_path, repeat_run_id
+from orchestrator.transport.supervise import AGENT_NAME, chain, record_path, repeat_run_id
 from tests.sshhosts import ADDRESS, SSHHosts
 
 pytest_plugins = ["tests.conftest_ssh"]
@@ -122,14 +122,18 @@ def client_packets(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str, int]
     return seen
 
 
-def assert_script_before_reply(seen: list[tuple[int, str, int]]) -> None:
-    """The first channel (a wrapper's exec) sent its script and its end before
-    the exec request's reply came back."""
-    wrapper = seen[0][0]
-    mine = [(way, kind) for chan, way, kind in seen if chan == wrapper]
+def assert_script_before_reply(seen: list[tuple[int, str, int]], *, agent: bool) -> None:
+    """The first channel (the agent's exec, or a wrapper's) sent its first
+    request (the script) before the exec request's reply came back; a
+    wrapper's exec also its end of input (an agent reads more requests)."""
+    first = seen[0][0]
+    mine = [(way, kind) for chan, way, kind in seen if chan == first]
     reply = mine.index(("received", MSG_CHANNEL_SUCCESS))
     assert mine.index(("sent", MSG_CHANNEL_DATA)) < reply
-    assert mine.index(("sent", MSG_CHANNEL_EOF)) < reply
+    if agent:
+        assert ("sent", MSG_CHANNEL_EOF) not in mine[: reply + 1]
+    else:
+        assert mine.index(("sent", MSG_CHANNEL_EOF)) < reply
 
 
 # --- run ids ----------------------------------------------------------------------
@@ -190,18 +194,20 @@ async def test_exit_status_output_and_become_as_before(ssh_hosts: SSHHosts) -> N
     assert not any(",in." in name for name in record_files(host_dir))  # scripts removed
 
 
+@pytest.mark.parametrize("agent", [True, False], ids=["agent", "exec"])
 async def test_the_script_follows_the_exec_request_without_waiting_for_its_reply(
-    ssh_hosts: SSHHosts, monkeypatch: pytest.MonkeyPatch
+    ssh_hosts: SSHHosts, monkeypatch: pytest.MonkeyPatch, agent: bool
 ) -> None:
     """The command starts one round trip sooner (issue 14): it used to wait
     for the exec request's reply before its script went. This also checks
-    what `_Wrapper` assumes of asyncssh: should a new release send the exec
-    request later, the script would go after the reply, and this test says so."""
+    what `_Wrapper` and `AgentSession` assume of asyncssh: should a new release
+    send the exec request later, the script would go after the reply, and
+    this test says so."""
     seen = client_packets(monkeypatch)
-    async with SSHPool(ssh_hosts.targets()) as pool:
+    async with SSHPool(ssh_hosts.targets(), agents=agent) as pool:
         result = await pool.run("host-1", "echo started", run_id=RUN)
     assert result.ok and result.output == "started"
-    assert_script_before_reply(seen)
+    assert_script_before_reply(seen, agent=agent)
 
 
 async def test_the_script_is_on_no_command_line(ssh_hosts: SSHHosts) -> None:
@@ -513,7 +519,14 @@ async def test_benchmark_hosts_answer_sleep_and_a_removal_of_nothing_without_a_s
         shells.append(command)
         await run_in_shell(self, host, command, *args)
 
+    in_shell = SSHHosts._shell
+
+    async def counted_shell(self: SSHHosts, host: Any, command: str, stdin: bytes) -> Any:
+        shells.append(command)
+        return await in_shell(self, host, command, stdin)
+
     monkeypatch.setattr(SSHHosts, "_run", counted)
+    monkeypatch.setattr(SSHHosts, "_shell", counted_shell)
     upgrade = supervise.upgrade_of(RUN)
     async with SSHHosts(tmp_path / "hosts", 1, builtin_sleep=True) as hosts:
         host_dir = hosts.host_dir("host-1")
@@ -521,7 +534,8 @@ async def test_benchmark_hosts_answer_sleep_and_a_removal_of_nothing_without_a_s
             assert (await pool.run("host-1", "sleep 0", run_id=RUN)).ok
             assert await pool.forget_runs("host-1", upgrade) == 0
             assert shells == []
-            assert len(hosts.commands("host-1")) == 2  # both reached the host
+            # both reached the host, the run through the agent (listed first)
+            assert [AGENT_NAME in c for c in hosts.commands("host-1")] == [True, False, False]
             # a record of a command that did run in a shell: the script removes it
             assert (await pool.run("host-1", "echo real", run_id=f"{upgrade}/real.1")).ok
             assert record_files(host_dir)

@@ -41,7 +41,14 @@ from typing import Any, Literal, Protocol, Self
 import asyncssh
 
 from orchestrator.model import HostTarget
-from orchestrator.transport.supervise import FORGETTER_NAME, MARK, WRAPPER_NAME
+from orchestrator.transport import supervise
+from orchestrator.transport.supervise import (
+    AGENT_MARK,
+    AGENT_NAME,
+    FORGETTER_NAME,
+    MARK,
+    WRAPPER_NAME,
+)
 
 ADDRESS = "127.0.0.1"
 _FAKE_SUDO = """#!/bin/sh
@@ -338,6 +345,9 @@ class SSHHosts:
                 await asyncio.sleep(float(m.group(1)))
                 process.exit(0)
                 return
+            if self._builtin_sleep and f" {AGENT_NAME} " in command:
+                await self._agent(host, process)
+                return
             preread = b""
             if self._builtin_sleep and f" {WRAPPER_NAME} " in command:
                 # a supervised `sleep N`: the wrapper's protocol, without its shells
@@ -355,6 +365,56 @@ class SSHHosts:
         finally:
             self._tasks.discard(task)
 
+    async def _agent(self, host: _Host, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        """The agent's protocol (`supervise.agent_command`) without its shell: a
+        supervised `sleep N` sleeps; any other script runs the real wrapper. Each
+        request is listed in `commands` as the wrapper's exec it stands for."""
+        buffer = b""
+        while True:
+            parsed = supervise.parse_request(buffer)
+            if parsed is None or len(buffer) < parsed[4] + parsed[1]:
+                chunk = await process.stdin.read(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                continue
+            record, size, sudo, forget, start = parsed
+            script, buffer = buffer[start : start + size], buffer[start + size :]
+            command = supervise.start_command(record, size, sudo=sudo, forget=forget)
+            host.commands.append(command)
+            host.command_arrived.set()
+            if m := _SLEEP.match(script.decode(errors="replace")):
+                await asyncio.sleep(float(m.group(1)))
+                out, err = b"", f"{MARK} exit 0\n".encode()
+            else:
+                out, err = await self._shell(host, command, script)
+            process.stdout.write(f"{AGENT_MARK} {len(out)} {len(err)}\n".encode() + out + err)
+        process.exit(0)
+
+    async def _shell(self, host: _Host, command: str, stdin: bytes) -> tuple[bytes, bytes]:
+        """`command` in a shell of the host: its stdout and stderr."""
+        child = await asyncio.create_subprocess_exec(
+            "/bin/sh",
+            "-c",
+            command,
+            cwd=host.directory,
+            env=self._environment(host),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return await child.communicate(stdin)
+
+    def _environment(self, host: _Host) -> dict[str, str]:
+        return {
+            "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "HOME": str(host.directory),
+            "LANG": "C.UTF-8",
+            "HOST_DIR": str(host.directory),
+            "HOST_NAME": host.name,
+            **self._env,
+        }
+
     @staticmethod
     def _nothing_to_forget(host: _Host, command: str) -> bool:
         """A record removal (`supervise.forget_command`) of an upgrade that left
@@ -371,14 +431,7 @@ class SSHHosts:
         process: asyncssh.SSHServerProcess[bytes],
         preread: bytes = b"",
     ) -> None:
-        env = {
-            "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "HOME": str(host.directory),
-            "LANG": "C.UTF-8",
-            "HOST_DIR": str(host.directory),
-            "HOST_NAME": host.name,
-            **self._env,
-        }
+        env = self._environment(host)
         child = await asyncio.create_subprocess_exec(
             "/bin/sh",
             "-c",

@@ -18,10 +18,11 @@ from typing import Protocol
 import asyncssh
 import structlog
 
-from orchestrator.errors import TransportError
+from orchestrator.errors import AgentLost, TransportError
 from orchestrator.model import HostTarget
 from orchestrator.retry import Sleep, first_then, lost_a_running_command, reattach_policy
 from orchestrator.transport import supervise
+from orchestrator.transport.agent import Agents
 from orchestrator.transport.supervise import Ending
 
 # after a kill, how long to wait for the command's end to be confirmed
@@ -51,12 +52,23 @@ def describe(exc: BaseException) -> str:
 class Run:
     """One supervised run while the pool follows it."""
 
-    __slots__ = ("attempts", "command", "record", "script", "sent", "shown", "size", "sudo")
+    __slots__ = (
+        "attempts",
+        "command",
+        "forget",
+        "record",
+        "script",
+        "sent",
+        "shown",
+        "size",
+        "sudo",
+    )
 
     def __init__(self, record: str, shown: str, script: str, sudo: bool) -> None:
         self.record, self.shown, self.script, self.sudo = record, shown, script, sudo
         self.size = len(script.encode())
         self.command = ""
+        self.forget: tuple[str, ...] = ()  # records to remove with its start
         # the wrapper may have reached the host: from then on, losing sight of
         # the run means it may still run, and a cancellation must kill it
         self.sent = False
@@ -116,10 +128,17 @@ class Follower:
     """Starts, follows and kills supervised runs over the pool's connections."""
 
     def __init__(
-        self, lease: Lease, error: MakeError, redact: Callable[[str], str], sleep: Sleep | None
+        self,
+        lease: Lease,
+        error: MakeError,
+        redact: Callable[[str], str],
+        sleep: Sleep | None,
+        *,
+        agents: bool = True,
     ) -> None:
         self._lease, self._error, self._redact, self._sleep = lease, error, redact, sleep
         self._kills: set[asyncio.Task[None]] = set()
+        self._agents = Agents(enabled=agents)
 
     async def close(self) -> None:
         """Wait a little for kills of cancelled runs still on their way."""
@@ -147,6 +166,10 @@ class Follower:
     async def _attach(self, target: HostTarget, run: Run) -> tuple[Ending, str]:
         """One exec of the wrapper: it starts the command, or finds its record."""
         async with self._lease(target) as conn:
+            if self._agents.enabled:
+                ended = await self._through(target, run, conn)
+                if ended is not None:
+                    return ended
             was_sent, run.sent = run.sent, True  # the exec may reach the host from here on
             run.attempts += 1
             session = _Wrapper(run.script)
@@ -173,6 +196,34 @@ class Follower:
                 channel.close()
             closed = conn.is_closed()
         output, errors = "".join(session.output), "".join(session.errors)
+        return self._ending(target, run, output, errors, closed=closed)
+
+    async def _through(
+        self, target: HostTarget, run: Run, conn: asyncssh.SSHClientConnection
+    ) -> tuple[Ending, str] | None:
+        """One request to the connection's agent: it runs the wrapper as its exec
+        would. None: the agent is not free, or the host runs none; nothing was sent."""
+        was_sent, run.sent = run.sent, True  # the request may reach the host from here on
+        run.attempts += 1
+        request = supervise.agent_request(
+            run.record, run.script.encode(), sudo=run.sudo, forget=run.forget
+        )
+        try:
+            reply = await self._agents.run(conn, request)
+        except asyncssh.ChannelOpenError:
+            reply = None  # the agent's channel never opened: the request went nowhere
+        except (AgentLost, asyncssh.Error, OSError) as exc:
+            raise self._detached(target.name, run, describe(exc)) from None
+        if reply is None:
+            run.sent, run.attempts = was_sent, run.attempts - 1
+            return None
+        out, err = (part.decode("utf-8", errors="replace") for part in reply)
+        return self._ending(target, run, out, err)
+
+    def _ending(
+        self, target: HostTarget, run: Run, output: str, errors: str, *, closed: bool = False
+    ) -> tuple[Ending, str]:
+        """What the wrapper said on stderr: how the run ended."""
         ending = supervise.parse_ending(errors)
         if ending is None:
             why = "connection closed" if closed else "its supervisor did not answer"

@@ -170,7 +170,8 @@ def _needs_watchdog(conn: asyncssh.SSHClientConnection) -> bool:
 
 class SSHPool:
     """One lazily opened, shared SSH connection per host, within a `ConnectionLimit`;
-    replaced when it drops."""
+    replaced when it drops. Supervised runs go through one agent per connection
+    (`orchestrator.transport.agent`); `agents=False` gives each its own exec."""
 
     def __init__(
         self,
@@ -179,12 +180,15 @@ class SSHPool:
         *,
         policy_sleep: Callable[[float], Awaitable[None]] | None = None,
         limit: ConnectionLimit | None = None,
+        agents: bool = True,
     ) -> None:
         self._targets = {host.name: host for host in hosts}
         self._secrets = secrets if secrets is not None else SecretStore((), {})
         self._conns = HostConnections(limit or ConnectionLimit(), Dialer(), policy_sleep)
         self._lease = self._conns.lease
-        self._follower = Follower(self._lease, self._error, self._secrets.redact, policy_sleep)
+        self._follower = Follower(
+            self._lease, self._error, self._secrets.redact, policy_sleep, agents=agents
+        )
         # the record removals of hosts done with a phase wait for a pause in
         # the upgrade's own commands, unless hosts wait for a connection place
         self._lull = Lull(lambda: self._conns.limit.waiting > 0)
@@ -508,6 +512,7 @@ class SSHPool:
         await self._records.settle(host, run_id)
         forget = self._records.starting(host, run_id)
         run.command = supervise.start_command(record, run.size, sudo=sudo, forget=forget)
+        run.forget = forget
         log = _log.bind(host=host, run_id=run_id)
         log.info("command started", command=shown, timeout=limit, supervised=True)
         started = time.monotonic()

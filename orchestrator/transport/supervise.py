@@ -23,10 +23,12 @@ for the recorded PID instead (polling every 0.2 s: only after a reconnect)
 or reports the recorded ending; it never starts the command a second time.
 `kill_command` kills the command's process group (through sudo when it runs
 as root); a run it finds not started yet is recorded as killed, so it never
-starts.
+starts. The pool sends the same wrapper its requests through an agent, one
+exec per connection (`agent_command`, `orchestrator.transport.agent`).
 
 The host needs ``sh``, ``setsid`` (util-linux, for ``-w``), ``cat``, ``wc``,
-``tail``, ``rm`` and ``mkdir``; ``/proc`` when there is one (boot id,
+``tail``, ``rm`` and ``mkdir``, and for the agent ``head -c`` (without it,
+every run execs the wrapper); ``/proc`` when there is one (boot id,
 zombies). As with any shell, an exit status above 128 reads as "killed by
 signal (status - 128)".
 """
@@ -41,6 +43,9 @@ RUNS_DIR = ".orchestrator/runs"
 MARK = "@@orchestrator-supervise"
 # $0 of the wrapper: what `ps` shows, and what the in-process hosts recognise
 WRAPPER_NAME = "orchestrator-supervise"
+# $0 of the agent (`agent_command`), and the first word of each of its replies
+AGENT_NAME = "orchestrator-agent"
+AGENT_MARK = "@@orchestrator-agent"
 # $0 of the record removal (`forget_command`)
 FORGETTER_NAME = "orchestrator-forget"
 # how much of the output file the wrapper sends back (UTF-8: up to 4 bytes a
@@ -238,8 +243,54 @@ echo "$n"
 )
 
 
+# The agent: `sh -c AGENT NAME WRAPPER SUPERVISOR`, one exec per connection,
+# runs the wrapper once per request on its stdin, one request at a time. A
+# request is a line `RECORD SIZE SUDO COUNT` (SUDO is `sudo` or `-`), COUNT
+# lines of records to forget, then SIZE bytes of script. The agent reads the
+# script itself (`head -c`: nothing else would stop at SIZE bytes without an
+# end of input), so a wrapper that follows an existing record and reads no
+# script leaves the next request intact; nothing follows a request before its
+# reply, so a `head` that reads ahead finds nothing more. The reply: a line
+# `AGENT_MARK OUT ERR`, then the wrapper's stdout (OUT bytes) and stderr (ERR
+# bytes). An agent that cannot work here answers `AGENT_MARK refused WHY`
+# to the first request, unread, and ends: that connection's runs exec. Its
+# files are in `.orchestrator/agent.PID` (0700), gone when it ends; the next
+# agent removes those of agents that were killed.
+_AGENT = r"""
+W=$1 S=$2
+d=.orchestrator/agent.$$
+no() { printf '%s refused %s\n' __AGENT__ "$*"; exit 0; }
+head -c 0 < /dev/null > /dev/null 2>&1 || no "head -c does not work here"
+mkdir -p -m 700 .orchestrator 2>/dev/null
+for f in .orchestrator/agent.*; do
+  p=${f##*.}
+  case $p in '' | *[!0-9]*) continue ;; esac
+  kill -0 "$p" 2>/dev/null || rm -rf -- "$f"
+done
+mkdir -m 700 -- "$d" 2>/dev/null || no "cannot create $d"
+trap 'rm -rf -- "$d"' EXIT
+trap 'exit 1' HUP PIPE TERM
+while IFS=' ' read -r b n o k; do
+  set --
+  i=0
+  while [ "$i" -lt "$k" ]; do
+    IFS= read -r f || exit 0
+    set -- "$@" "$f"
+    i=$((i + 1))
+  done
+  (umask 077 && exec head -c "$n" > "$d/in") || exit 1
+  [ "$o" = sudo ] || o=
+  sh -c "$W" __WRAPPER__ "$S" "$b" "$n" "$o" "$@" < "$d/in" > "$d/out" 2> "$d/err"
+  rm -f -- "$d/in"
+  printf '%s %s %s\n' __AGENT__ "$(wc -c < "$d/out")" "$(wc -c < "$d/err")"
+  cat -- "$d/out" "$d/err"
+done
+"""
+
+
 def _script(text: str) -> str:
     text = text.replace("__TAIL__", str(OUTPUT_TAIL_BYTES)).replace("__MARK__", MARK)
+    text = text.replace("__AGENT__", AGENT_MARK).replace("__WRAPPER__", WRAPPER_NAME)
     return text.strip() + "\n"
 
 
@@ -247,8 +298,10 @@ _WRAPPER_SH = _script(_WRAPPER)
 _SUPERVISOR_SH = _script(_SUPERVISOR)
 _KILLER_SH = _script(_KILLER)
 _FORGETTER_SH = _script(_FORGETTER)
+_AGENT_SH = _script(_AGENT)
 # the start of every `start_command`, quoted once (it is the same 5 KB each time)
 _START = shlex.join(["sh", "-c", _WRAPPER_SH, WRAPPER_NAME, _SUPERVISOR_SH])
+_AGENT_COMMAND = shlex.join(["sh", "-c", _AGENT_SH, AGENT_NAME, _WRAPPER_SH, _SUPERVISOR_SH])
 
 
 def _escape(part: str) -> str:
@@ -312,6 +365,34 @@ def start_command(record: str, size: int, *, sudo: bool, forget: tuple[str, ...]
     `forget`: records (`record_path`) to remove first: their results were returned.
     """
     return _START + " " + shlex.join([record, str(size), "sudo" if sudo else "", *forget])
+
+
+def agent_command() -> str:
+    """The agent's exec: it runs `start_command`'s wrapper for each request."""
+    return _AGENT_COMMAND
+
+
+def agent_request(record: str, script: bytes, *, sudo: bool, forget: tuple[str, ...] = ()) -> bytes:
+    """One request to the agent: what `start_command(record, len(script), ...)`
+    would run, with `script` as its input."""
+    head = f"{record} {len(script)} {'sudo' if sudo else '-'} {len(forget)}\n"
+    return "".join([head, *(f"{f}\n" for f in forget)]).encode() + script
+
+
+def parse_request(text: bytes) -> tuple[str, int, bool, tuple[str, ...], int] | None:
+    """An agent request's header (record, size, sudo, forget) and where its
+    script begins; None while it is incomplete (for the in-process hosts)."""
+    end = text.find(b"\n")
+    if end < 0:
+        return None
+    record, size, sudo, count = text[:end].decode().split(" ")
+    forget: list[str] = []
+    for _ in range(int(count)):
+        start, end = end + 1, text.find(b"\n", end + 1)
+        if end < 0:
+            return None
+        forget.append(text[start:end].decode())
+    return record, int(size), sudo == "sudo", tuple(forget), end + 1
 
 
 def kill_command(record: str, reason: str, *, sudo: bool) -> str:

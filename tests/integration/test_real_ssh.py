@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from asyncssh.constants import MSG_CHANNEL_OPEN
 
 from orchestrator.errors import HostKeyError
 from orchestrator.transport.ssh import SSHPool
@@ -146,6 +147,7 @@ async def test_changed_host_key_is_refused_before_login(real_sshd_hosts: MakeSSH
 # --- supervised commands: a dropped or silent connection does not stop them --------
 
 RUN = "u20261201-120000-abc123/upgrade-computes.install.1"
+UPGRADE = RUN.partition("/")[0]
 # waits until the test lets it go (no timing assumptions); gives up after a
 # minute or so, so that a failed test leaves nothing running
 HOLD = (
@@ -179,19 +181,38 @@ async def test_supervised_command_reports_as_before(real_sshd_hosts: MakeSSHHost
     assert not (directory / "again").exists()
 
 
-async def test_sshd_takes_a_script_sent_before_its_exec_reply(
+async def test_one_agent_serves_every_step_and_leaves_nothing(
     real_sshd_hosts: MakeSSHHosts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The wrapper's script follows the exec request at once (issue 14): sshd
-    has started the command when it reads it, whatever the script's size."""
+    """Issue 14: a host's supervised steps go through one agent exec, each with
+    its own record; when the connection closes, sshd ends the agent's input
+    and the agent removes its files."""
+    hosts = await real_sshd_hosts(["host-1"])
+    directory = hosts.host_dir("host-1")
+    seen = client_packets(monkeypatch)
+    async with SSHPool(hosts.targets()) as pool:
+        for n in range(4):
+            result = await pool.run("host-1", f"echo {n} >&2; exit {n}", run_id=f"{UPGRADE}/s.{n}")
+            assert (result.exit_status, result.output) == (n, str(n))
+    assert len({chan for chan, way, kind in seen if (way, kind) == ("sent", MSG_CHANNEL_OPEN)}) == 1
+    await wait_for(lambda: not list((directory / ".orchestrator").glob("agent.*")))
+
+
+@pytest.mark.parametrize("agent", [True, False], ids=["agent", "exec"])
+async def test_sshd_takes_a_script_sent_before_its_exec_reply(
+    real_sshd_hosts: MakeSSHHosts, monkeypatch: pytest.MonkeyPatch, agent: bool
+) -> None:
+    """The script follows the exec request at once (issue 14), the agent's
+    first request as the wrapper's own: sshd has started the command when it
+    reads it, whatever the script's size."""
     hosts = await real_sshd_hosts(["host-1"])
     seen = client_packets(monkeypatch)
     padding = "#" + "x" * 199 + "\n"
     script = padding * 500 + "echo done"  # 100 KB: several packets, beyond one window
-    async with SSHPool(hosts.targets()) as pool:
+    async with SSHPool(hosts.targets(), agents=agent) as pool:
         result = await pool.run("host-1", script, run_id="u20261201-120000-abc123/big.1")
     assert result.ok and result.output == "done"
-    assert_script_before_reply(seen)
+    assert_script_before_reply(seen, agent=agent)
 
 
 async def test_supervised_command_outlives_its_killed_sshd_session(
