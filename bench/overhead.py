@@ -5,7 +5,9 @@ and the removal of run records where there are none, without forking a
 shell (each real host has its own CPU for that; 200 simulated hosts on two
 cores do not: 50 removals' shells at an upgrade's end took 80 ms, against
 25 ms without them), so the figure is the orchestrator's
-own overhead: SSH sessions, journal writes, state, scheduling. Both the
+own overhead: SSH sessions, journal writes, state, scheduling. The pool
+runs each host's supervised steps through one agent exec per connection
+(docs/transport.md); `--exec-per-step` gives each step its own exec. Both the
 upgrade and the bare loop run on the daemon's own event loop
 (`orchestrator.eventloop.new_loop`) under the daemon's schedule of full
 garbage collections (`orchestrator.collector`: what is loaded at the start
@@ -34,8 +36,8 @@ the orchestrator's own). Figures also as `figure NAME VALUE UNIT TARGET`
 lines for `make bench` (bench/figures.py).
 
     .venv/bin/python -m bench.overhead [--hosts 200] [--steps 5] [--sleep 0.2]
-        [--rounds 3] [--server-processes 1] [--no-ssh] [--bare-without-keepalives]
-        [--profile FILE]
+        [--rounds 3] [--server-processes 1] [--no-ssh] [--exec-per-step]
+        [--bare-without-keepalives] [--profile FILE]
 
 It also breaks the time down from the journal's timestamps: per step, the
 time beyond the sleep (SSH session, exit, journal commit) and the gap
@@ -95,6 +97,11 @@ class NoSSH(SSHPool):
 
 def no_ssh(plan: Plan, store: SecretStore) -> SSHPool:
     return NoSSH(plan.hosts, store)
+
+
+def exec_per_step(plan: Plan, store: SecretStore) -> SSHPool:
+    """--exec-per-step: no agents, each supervised run execs its wrapper."""
+    return SSHPool(plan.hosts, store, agents=False)
 
 
 def playbook(steps: int, sleep: float) -> str:
@@ -182,7 +189,8 @@ class Upgrade:
 async def upgrade(
     args: argparse.Namespace, plan: Plan, journal: Journal, profile: cProfile.Profile | None
 ) -> Upgrade:
-    manager = UpgradeManager(journal, remote_factory=no_ssh if args.no_ssh else None)
+    factory = no_ssh if args.no_ssh else exec_per_step if args.exec_per_step else None
+    manager = UpgradeManager(journal, remote_factory=factory)
     await manager.start()
     profiling: AbstractContextManager[object] = profile if profile is not None else nullcontext()
     with profiling:
@@ -269,6 +277,12 @@ async def main() -> None:
         "--no-ssh",
         action="store_true",
         help="commands never leave the process: the engine's and the journal's share alone",
+    )
+    parser.add_argument(
+        "--exec-per-step",
+        action="store_true",
+        help="the pool runs no agents: each supervised step execs its wrapper (as the bare "
+        "loop execs its command)",
     )
     parser.add_argument(
         "--server-processes",
